@@ -1,0 +1,22 @@
+//! ginx: an nginx-like HTTP gateway driven by YAML.
+//!
+//! # Layout
+//! A request passes through these modules, top to bottom:
+//! - [`config`]: the files as written: loading `ginx.yaml` and its includes
+//!   into raw serde structs, with every error at file:line:column.
+//! - [`compile`]: raw structs → one immutable [`compile::Config`]: per listen
+//!   address a host table, per server a location table, templates parsed once.
+//! - [`serve`]: listening sockets, HTTP/1.1 and HTTP/2 connections with the
+//!   client limits, and the per-request handler.
+//! - [`route`]: pure routing (server, location, rewrites, action) shared by
+//!   serving and `ginx explain`.
+//! - [`explain`]: the `ginx explain` report.
+//!
+//! Forwarding to upstreams, reload, TLS and the admin endpoint are added
+//! beside these, one module each.
+
+pub mod compile;
+pub mod config;
+pub mod explain;
+pub mod route;
+pub mod serve;

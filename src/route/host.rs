@@ -1,0 +1,99 @@
+//! The request's host: from an absolute-form target or HTTP/2 `:authority`,
+//! else the Host header; lower-cased, port and trailing dot removed, checked
+//! as nginx checks it.
+
+use http::{HeaderMap, Uri, Version};
+
+#[derive(Debug, PartialEq, Eq)]
+pub enum HostError {
+    /// HTTP/1.1 without Host.
+    Missing,
+    /// More than one Host header.
+    Duplicate,
+    Invalid,
+}
+
+/// The host to route by; `""` when an HTTP/1.0 request names none.
+pub fn request_host(uri: &Uri, headers: &HeaderMap, version: Version) -> Result<String, HostError> {
+    if let Some(authority) = uri.authority() {
+        return normalize_host(authority.as_str().as_bytes());
+    }
+    let mut hosts = headers.get_all(http::header::HOST).iter();
+    match (hosts.next(), hosts.next()) {
+        (Some(h), None) => normalize_host(h.as_bytes()),
+        (Some(_), Some(_)) => Err(HostError::Duplicate),
+        (None, _) if version == Version::HTTP_10 || version == Version::HTTP_09 => {
+            Ok(String::new())
+        }
+        (None, _) => Err(HostError::Missing),
+    }
+}
+
+/// nginx's host validation: no `/`, `\`, NUL, controls or `..`; `[v6]` kept
+/// whole; port and one trailing dot removed; lower-cased.
+pub fn normalize_host(raw: &[u8]) -> Result<String, HostError> {
+    // userinfo never belongs in a Host.
+    if raw.contains(&b'@') {
+        return Err(HostError::Invalid);
+    }
+    let mut end = raw.len();
+    let mut in_brackets = false;
+    let mut prev_dot = None;
+    for (i, &b) in raw.iter().enumerate() {
+        match b {
+            b'.' => {
+                if prev_dot == Some(i.wrapping_sub(1)) || i == 0 {
+                    return Err(HostError::Invalid);
+                }
+                prev_dot = Some(i);
+            }
+            b':' if !in_brackets => {
+                end = i;
+                let port = &raw[i + 1..];
+                if !port.iter().all(u8::is_ascii_digit) {
+                    return Err(HostError::Invalid);
+                }
+                break;
+            }
+            b'[' if i == 0 => in_brackets = true,
+            b']' if in_brackets => in_brackets = false,
+            b'/' | b'\\' | b'\0' => return Err(HostError::Invalid),
+            b if b <= 0x20 || b == 0x7f => return Err(HostError::Invalid),
+            _ => {}
+        }
+    }
+    if in_brackets {
+        return Err(HostError::Invalid);
+    }
+    let mut host = &raw[..end];
+    if host.last() == Some(&b'.') {
+        host = &host[..host.len() - 1];
+    }
+    if host.is_empty() {
+        return Err(HostError::Invalid);
+    }
+    let text = std::str::from_utf8(host).map_err(|_| HostError::Invalid)?;
+    Ok(text.to_ascii_lowercase())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn hosts() {
+        assert_eq!(
+            normalize_host(b"Example.COM:8080"),
+            Ok("example.com".into())
+        );
+        assert_eq!(normalize_host(b"example.com."), Ok("example.com".into()));
+        assert_eq!(normalize_host(b"[::1]:80"), Ok("[::1]".into()));
+        assert_eq!(normalize_host(b"a..b"), Err(HostError::Invalid));
+        assert_eq!(normalize_host(b"a/b"), Err(HostError::Invalid));
+        assert_eq!(normalize_host(b".a"), Err(HostError::Invalid));
+        assert_eq!(normalize_host(b"a b"), Err(HostError::Invalid));
+        assert_eq!(normalize_host(b"a:x"), Err(HostError::Invalid));
+        assert_eq!(normalize_host(b""), Err(HostError::Invalid));
+        assert_eq!(normalize_host(b"user@host"), Err(HostError::Invalid));
+    }
+}

@@ -1,0 +1,471 @@
+//! Routing: from a request head to what should happen, with no network.
+//!
+//! Server by host (nginx's order), location by normalised path (nginx's
+//! precedence), then the location's rewrites (`last` restarts the search, at
+//! most 10 times), access rules, and its action. The same function serves
+//! requests and `ginx explain`, which asks it for a trace.
+
+pub mod host;
+pub mod path;
+pub mod vars;
+
+use crate::compile::actions::{ProxyPass, RewriteFlag};
+use crate::compile::locations::{CaptureValues, Found, LocationKind};
+use crate::compile::{access_allows, Action, Listener, Location, Server};
+use http::{HeaderMap, Method, StatusCode, Uri, Version};
+use std::cell::OnceCell;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use vars::VarContext;
+
+/// The parts of a request that routing reads.
+pub struct RequestInfo<'a> {
+    pub method: &'a Method,
+    /// The request target as received.
+    pub uri: &'a Uri,
+    pub headers: &'a HeaderMap,
+    pub version: Version,
+    pub local: SocketAddr,
+    pub remote: SocketAddr,
+    pub tls: bool,
+}
+
+impl RequestInfo<'_> {
+    pub fn scheme(&self) -> &'static str {
+        if self.tls {
+            "https"
+        } else {
+            "http"
+        }
+    }
+
+    /// `$request_uri`: path and arguments as the client sent them.
+    pub fn request_uri(&self) -> &str {
+        self.uri.path_and_query().map_or("/", |p| p.as_str())
+    }
+}
+
+/// What to do with a request.
+#[derive(Debug, PartialEq, Eq)]
+pub enum Outcome {
+    /// Answer with this status and body (`return` with text, or no body).
+    Respond { status: StatusCode, body: Vec<u8> },
+    /// Answer with a redirect; the Location is already absolute.
+    Redirect {
+        status: StatusCode,
+        location: Vec<u8>,
+    },
+    /// Forward to the location's proxy_pass with this path and query.
+    Proxy { uri: Vec<u8> },
+    /// An answer ginx makes itself (400, 403, 404, 500), with the reason for the log.
+    Error {
+        status: StatusCode,
+        reason: &'static str,
+    },
+}
+
+/// The result of routing one request.
+pub struct Routed<'c> {
+    /// The server that answers (the address's default one when the host was malformed).
+    pub server: &'c Arc<Server>,
+    pub location: Option<&'c Location>,
+    pub outcome: Outcome,
+    /// What variables read at the end of routing.
+    pub vars: RouteVars,
+}
+
+/// The routing state that variables read: host, current path and arguments,
+/// regex groups.
+#[derive(Default)]
+pub struct RouteVars {
+    pub host: String,
+    /// `$uri`: normalised, possibly rewritten.
+    pub uri: Vec<u8>,
+    pub args: Vec<u8>,
+    pub captures: CaptureValues,
+    /// A rewrite changed the URI: proxy_pass sends the rewritten one.
+    pub rewritten: bool,
+    /// `rewrite ... break` ran: a proxy_pass URI part is ignored (as nginx).
+    pub after_break: bool,
+    pub request_id: OnceCell<String>,
+}
+
+impl<'c> Routed<'c> {
+    pub fn proxy_pass(&self) -> Option<&'c ProxyPass> {
+        match self.location.map(|l| &l.action) {
+            Some(Action::Proxy(p)) => Some(p),
+            _ => None,
+        }
+    }
+
+    /// A variable context for expanding templates (headers, logs) for this request.
+    pub fn var_context<'a>(&'a self, req: &'a RequestInfo<'a>) -> VarContext<'a> {
+        VarContext {
+            req,
+            host: &self.vars.host,
+            server: self.server,
+            uri: &self.vars.uri,
+            args: &self.vars.args,
+            captures: &self.vars.captures,
+            proxy_host: self.proxy_pass().map(ProxyPass::proxy_host),
+            request_id: &self.vars.request_id,
+        }
+    }
+}
+
+/// nginx stops after 10 internal redirects (rewrite `last` cycles).
+const MAX_REWRITE_CYCLES: usize = 10;
+
+/// Route a request arriving on `listener`. `trace`, when given, receives one
+/// line per decision, for `ginx explain`.
+pub fn route<'c>(
+    listener: &'c Listener,
+    req: &RequestInfo<'_>,
+    mut trace: Option<&mut Vec<String>>,
+) -> Routed<'c> {
+    let mut note = |line: String| {
+        if let Some(t) = trace.as_deref_mut() {
+            t.push(line);
+        }
+    };
+    let error = |server, location, status, reason, vars| Routed {
+        server,
+        location,
+        outcome: Outcome::Error { status, reason },
+        vars,
+    };
+    let host = match host::request_host(req.uri, req.headers, req.version) {
+        Ok(h) => h,
+        Err(e) => {
+            let reason = match e {
+                host::HostError::Missing => "HTTP/1.1 request without Host",
+                host::HostError::Duplicate => "more than one Host header",
+                host::HostError::Invalid => "malformed host",
+            };
+            note(format!("400: {reason}"));
+            return error(
+                listener.default_server(),
+                None,
+                StatusCode::BAD_REQUEST,
+                reason,
+                RouteVars::default(),
+            );
+        }
+    };
+    let found = listener.hosts.find(&host);
+    let server = &listener.servers[found.server];
+    note(format!("server at {} (host {:?})", server.origin, host));
+    let mut vars = RouteVars {
+        host,
+        captures: found.captures.unwrap_or_default(),
+        args: req.uri.query().unwrap_or("").as_bytes().to_vec(),
+        ..RouteVars::default()
+    };
+    vars.uri = match path::normalize(req.uri.path().as_bytes()) {
+        Ok(p) => p,
+        Err(e) => {
+            let reason = match e {
+                path::PathError::AboveRoot => "path climbs above /",
+                path::PathError::Malformed => "malformed path or percent-escape",
+            };
+            note(format!("400: {reason}"));
+            return error(server, None, StatusCode::BAD_REQUEST, reason, vars);
+        }
+    };
+
+    for _cycle in 0..=MAX_REWRITE_CYCLES {
+        let location = match server.table.find(&vars.uri, |i| {
+            server.locations[i].kind == LocationKind::PrefixNoRegex
+        }) {
+            Found::Location(i, caps) => {
+                if let Some(caps) = caps {
+                    merge_captures(&mut vars.captures, caps);
+                }
+                &server.locations[i]
+            }
+            Found::AddSlash(i) => {
+                let loc = &server.locations[i];
+                note(format!(
+                    "location {:?} at {} (the path without its final slash)",
+                    loc.display_pattern(),
+                    loc.origin
+                ));
+                let mut target = Vec::new();
+                path::encode_path_into(&vars.uri, &mut target);
+                target.push(b'/');
+                if !vars.args.is_empty() {
+                    target.push(b'?');
+                    target.extend_from_slice(&vars.args);
+                }
+                note("301: a proxying location ending in / answers its name without the slash with a redirect".to_string());
+                let location = absolute_location(req, &vars.host, server, &target);
+                return Routed {
+                    server,
+                    location: Some(loc),
+                    outcome: Outcome::Redirect {
+                        status: StatusCode::MOVED_PERMANENTLY,
+                        location,
+                    },
+                    vars,
+                };
+            }
+            Found::NotFound => {
+                note("404: no location matches".to_string());
+                return error(
+                    server,
+                    None,
+                    StatusCode::NOT_FOUND,
+                    "no location matches",
+                    vars,
+                );
+            }
+        };
+        note(format!(
+            "location {:?} at {} for {}",
+            location.display_pattern(),
+            location.origin,
+            String::from_utf8_lossy(&vars.uri)
+        ));
+
+        match run_rewrites(location, req, server, &mut vars, &mut note) {
+            RewriteResult::Stay => {}
+            RewriteResult::Again => continue,
+            RewriteResult::Answer(outcome) => {
+                return Routed {
+                    server,
+                    location: Some(location),
+                    outcome,
+                    vars,
+                };
+            }
+        }
+
+        if !access_allows(&location.access, req.remote.ip()) {
+            note(format!("403: {} is denied by allow/deny", req.remote.ip()));
+            return error(
+                server,
+                Some(location),
+                StatusCode::FORBIDDEN,
+                "denied by allow/deny",
+                vars,
+            );
+        }
+
+        let outcome = match &location.action {
+            Action::Return(ret) => {
+                let text = context(req, server, &vars, None).expand(&ret.text);
+                if ret.is_redirect() {
+                    Outcome::Redirect {
+                        status: ret.status,
+                        location: absolute_location(req, &vars.host, server, &text),
+                    }
+                } else {
+                    Outcome::Respond {
+                        status: ret.status,
+                        body: text,
+                    }
+                }
+            }
+            Action::Proxy(pass) => Outcome::Proxy {
+                uri: upstream_uri(req, location, pass, &vars),
+            },
+            Action::None => {
+                return error(
+                    server,
+                    Some(location),
+                    StatusCode::NOT_FOUND,
+                    "no rewrite answered and the location has no action",
+                    vars,
+                );
+            }
+        };
+        return Routed {
+            server,
+            location: Some(location),
+            outcome,
+            vars,
+        };
+    }
+    note(format!(
+        "500: more than {MAX_REWRITE_CYCLES} rewrite cycles"
+    ));
+    error(
+        server,
+        None,
+        StatusCode::INTERNAL_SERVER_ERROR,
+        "rewrite or internal redirection cycle",
+        vars,
+    )
+}
+
+fn context<'a>(
+    req: &'a RequestInfo<'a>,
+    server: &'a Server,
+    vars: &'a RouteVars,
+    proxy_host: Option<&'a str>,
+) -> VarContext<'a> {
+    VarContext {
+        req,
+        host: &vars.host,
+        server,
+        uri: &vars.uri,
+        args: &vars.args,
+        captures: &vars.captures,
+        proxy_host,
+        request_id: &vars.request_id,
+    }
+}
+
+enum RewriteResult {
+    /// Go on in this location.
+    Stay,
+    /// Search the locations again with the new URI.
+    Again,
+    Answer(Outcome),
+}
+
+/// Newer positional groups replace older ones; names accumulate (the newest wins).
+fn merge_captures(into: &mut CaptureValues, new: CaptureValues) {
+    into.positional = new.positional;
+    into.named.extend(new.named);
+}
+
+fn run_rewrites(
+    location: &Location,
+    req: &RequestInfo<'_>,
+    server: &Server,
+    vars: &mut RouteVars,
+    note: &mut impl FnMut(String),
+) -> RewriteResult {
+    let mut changed = false;
+    for (rw, origin) in &location.rewrites {
+        let Some(caps) = rw.regex.captures(&vars.uri) else {
+            continue;
+        };
+        let groups = CaptureValues::from_match(&rw.regex, &caps);
+        merge_captures(&mut vars.captures, groups);
+        let replaced = context(req, server, vars, None).expand(&rw.replacement);
+        note(format!(
+            "rewrite {:?} at {}: {} -> {}",
+            rw.source,
+            origin,
+            String::from_utf8_lossy(&vars.uri),
+            String::from_utf8_lossy(&replaced)
+        ));
+        let redirect_status = match rw.flag {
+            RewriteFlag::Permanent => Some(StatusCode::MOVED_PERMANENTLY),
+            RewriteFlag::Redirect => Some(StatusCode::FOUND),
+            _ if rw.to_url => Some(StatusCode::FOUND),
+            _ => None,
+        };
+        if let Some(status) = redirect_status {
+            let mut target = replaced;
+            if !rw.drop_args && !vars.args.is_empty() {
+                target.push(if target.contains(&b'?') { b'&' } else { b'?' });
+                target.extend_from_slice(&vars.args);
+            }
+            note(format!("{}: redirect", status.as_u16()));
+            let location = absolute_location(req, &vars.host, server, &target);
+            return RewriteResult::Answer(Outcome::Redirect { status, location });
+        }
+        // An internal rewrite: new path, and new arguments when it has some.
+        match replaced.iter().position(|b| *b == b'?') {
+            Some(q) => {
+                let mut args = replaced[q + 1..].to_vec();
+                if !rw.drop_args && !vars.args.is_empty() {
+                    args.push(b'&');
+                    args.extend_from_slice(&vars.args);
+                }
+                vars.args = args;
+                vars.uri = replaced[..q].to_vec();
+            }
+            None => {
+                if rw.drop_args {
+                    vars.args.clear();
+                }
+                vars.uri = replaced;
+            }
+        }
+        vars.rewritten = true;
+        changed = true;
+        match rw.flag {
+            RewriteFlag::Last => return RewriteResult::Again,
+            RewriteFlag::Break => {
+                vars.after_break = true;
+                return RewriteResult::Stay;
+            }
+            _ => {}
+        }
+    }
+    if changed {
+        // As nginx: a rewrite without a flag changes the URI, and the location
+        // is searched again once the location's rewrites are done.
+        RewriteResult::Again
+    } else {
+        RewriteResult::Stay
+    }
+}
+
+/// The path and query sent upstream, per the spec's rules: a URI part replaces
+/// the matched prefix (not after `rewrite ... break`); else a rewritten URI is
+/// sent encoded with the arguments; else the client's URI exactly as sent.
+fn upstream_uri(
+    req: &RequestInfo<'_>,
+    location: &Location,
+    pass: &ProxyPass,
+    vars: &RouteVars,
+) -> Vec<u8> {
+    let with_args = |mut out: Vec<u8>| {
+        if !vars.args.is_empty() {
+            out.push(b'?');
+            out.extend_from_slice(&vars.args);
+        }
+        out
+    };
+    match (&pass.uri, location.kind) {
+        (
+            Some(replacement),
+            LocationKind::Prefix | LocationKind::PrefixNoRegex | LocationKind::Exact,
+        ) if !vars.after_break => {
+            let mut out = replacement.as_bytes().to_vec();
+            let rest = vars.uri.get(location.pattern.len()..).unwrap_or(b"");
+            path::encode_path_into(rest, &mut out);
+            with_args(out)
+        }
+        _ if vars.rewritten => {
+            let mut out = Vec::new();
+            path::encode_path_into(&vars.uri, &mut out);
+            with_args(out)
+        }
+        _ => req.request_uri().as_bytes().to_vec(),
+    }
+}
+
+/// Make a redirect target absolute as nginx does: `SCHEME://HOST[:PORT]/path`,
+/// the port shown when it is not the scheme's default.
+fn absolute_location(req: &RequestInfo<'_>, host: &str, server: &Server, target: &[u8]) -> Vec<u8> {
+    if !target.starts_with(b"/") {
+        return target.to_vec();
+    }
+    let mut out = Vec::with_capacity(target.len() + 32);
+    out.extend_from_slice(req.scheme().as_bytes());
+    out.extend_from_slice(b"://");
+    let host = if !host.is_empty() {
+        host.to_string()
+    } else if !server.primary_name().is_empty() && !server.primary_name().starts_with('~') {
+        server.primary_name().to_string()
+    } else {
+        match req.local.ip() {
+            std::net::IpAddr::V6(v6) => format!("[{v6}]"),
+            v4 => v4.to_string(),
+        }
+    };
+    out.extend_from_slice(host.as_bytes());
+    let port = req.local.port();
+    let default_port = if req.tls { 443 } else { 80 };
+    if port != default_port {
+        out.extend_from_slice(format!(":{port}").as_bytes());
+    }
+    out.extend_from_slice(target);
+    out
+}

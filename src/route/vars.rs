@@ -1,0 +1,185 @@
+//! Expanding compiled templates against one request.
+
+use super::RequestInfo;
+use crate::compile::locations::CaptureValues;
+use crate::compile::template::{Part, Template, Var};
+use crate::compile::Server;
+use std::cell::OnceCell;
+use std::io::Write;
+
+/// Everything a variable can be read from, for one request at one point of routing.
+pub struct VarContext<'a> {
+    pub req: &'a RequestInfo<'a>,
+    pub host: &'a str,
+    pub server: &'a Server,
+    /// The current (normalised, possibly rewritten) path: `$uri`.
+    pub uri: &'a [u8],
+    /// The current arguments: `$args`.
+    pub args: &'a [u8],
+    pub captures: &'a CaptureValues,
+    pub proxy_host: Option<&'a str>,
+    pub request_id: &'a OnceCell<String>,
+}
+
+impl VarContext<'_> {
+    pub fn expand(&self, template: &Template) -> Vec<u8> {
+        let mut out = Vec::new();
+        self.expand_into(template, &mut out);
+        out
+    }
+
+    pub fn expand_into(&self, template: &Template, out: &mut Vec<u8>) {
+        for part in &template.parts {
+            match part {
+                Part::Literal(l) => out.extend_from_slice(l),
+                Part::Var(v) => self.write_var(v, out),
+            }
+        }
+    }
+
+    fn write_var(&self, var: &Var, out: &mut Vec<u8>) {
+        let req = self.req;
+        match var {
+            Var::Host => {
+                if self.host.is_empty() {
+                    out.extend_from_slice(self.server.primary_name().as_bytes());
+                } else {
+                    out.extend_from_slice(self.host.as_bytes());
+                }
+            }
+            Var::Hostname => out.extend_from_slice(hostname().as_bytes()),
+            Var::RemoteAddr => {
+                let _ = write!(out, "{}", req.remote.ip());
+            }
+            Var::RemotePort => {
+                let _ = write!(out, "{}", req.remote.port());
+            }
+            Var::ServerAddr => {
+                let _ = write!(out, "{}", req.local.ip());
+            }
+            Var::ServerPort => {
+                let _ = write!(out, "{}", req.local.port());
+            }
+            Var::ServerName => out.extend_from_slice(self.server.primary_name().as_bytes()),
+            Var::Scheme => out.extend_from_slice(req.scheme().as_bytes()),
+            Var::RequestMethod => out.extend_from_slice(req.method.as_str().as_bytes()),
+            Var::RequestUri => out.extend_from_slice(req.request_uri().as_bytes()),
+            Var::Uri => out.extend_from_slice(self.uri),
+            Var::Args => out.extend_from_slice(self.args),
+            Var::Arg(name) => {
+                if let Some(v) = find_arg(self.args, name) {
+                    out.extend_from_slice(v);
+                }
+            }
+            Var::Http(name) => {
+                let separator: &[u8] = if name == http::header::COOKIE {
+                    b"; "
+                } else {
+                    b", "
+                };
+                for (i, v) in req.headers.get_all(name).iter().enumerate() {
+                    if i > 0 {
+                        out.extend_from_slice(separator);
+                    }
+                    out.extend_from_slice(v.as_bytes());
+                }
+            }
+            Var::Cookie(name) => {
+                if let Some(v) = find_cookie(req.headers, name) {
+                    out.extend_from_slice(v);
+                }
+            }
+            Var::ProxyHost => {
+                if let Some(h) = self.proxy_host {
+                    out.extend_from_slice(h.as_bytes());
+                }
+            }
+            Var::ProxyAddXForwardedFor => {
+                let mut any = false;
+                for v in req.headers.get_all("x-forwarded-for").iter() {
+                    if any {
+                        out.extend_from_slice(b", ");
+                    }
+                    out.extend_from_slice(v.as_bytes());
+                    any = true;
+                }
+                if any {
+                    out.extend_from_slice(b", ");
+                }
+                let _ = write!(out, "{}", req.remote.ip());
+            }
+            Var::RequestId => {
+                out.extend_from_slice(self.request_id.get_or_init(new_request_id).as_bytes())
+            }
+            Var::Capture(n) => {
+                if let Some(v) = self.captures.positional(*n) {
+                    out.extend_from_slice(v);
+                }
+            }
+            Var::Named(name) => {
+                if let Some(v) = self.captures.named(name) {
+                    out.extend_from_slice(v);
+                }
+            }
+        }
+    }
+}
+
+/// The value of the first argument `name` (compared case-insensitively, as nginx).
+pub fn find_arg<'a>(args: &'a [u8], name: &str) -> Option<&'a [u8]> {
+    args.split(|b| *b == b'&').find_map(|pair| {
+        let (k, v) = match pair.iter().position(|b| *b == b'=') {
+            Some(i) => (&pair[..i], &pair[i + 1..]),
+            None => (pair, &b""[..]),
+        };
+        k.eq_ignore_ascii_case(name.as_bytes()).then_some(v)
+    })
+}
+
+fn find_cookie<'a>(headers: &'a http::HeaderMap, name: &str) -> Option<&'a [u8]> {
+    headers.get_all(http::header::COOKIE).iter().find_map(|h| {
+        h.as_bytes().split(|b| *b == b';').find_map(|pair| {
+            let pair = pair.trim_ascii();
+            let i = pair.iter().position(|b| *b == b'=')?;
+            (&pair[..i] == name.as_bytes()).then(|| &pair[i + 1..])
+        })
+    })
+}
+
+/// The machine's name, read once.
+pub fn hostname() -> &'static str {
+    static NAME: std::sync::OnceLock<String> = std::sync::OnceLock::new();
+    NAME.get_or_init(|| {
+        std::fs::read_to_string("/proc/sys/kernel/hostname")
+            .or_else(|_| std::fs::read_to_string("/etc/hostname"))
+            .map(|s| s.trim().to_string())
+            .unwrap_or_else(|_| "localhost".to_string())
+    })
+}
+
+/// 32 hex digits, unique per request (not a secret).
+pub fn new_request_id() -> String {
+    use std::hash::{BuildHasher, Hasher};
+    // RandomState is seeded from the OS once per thread and differs on each
+    // construction: enough for an identifier, without a dependency.
+    let mut a = std::collections::hash_map::RandomState::new().build_hasher();
+    a.write_u64(0x9e37_79b9_7f4a_7c15);
+    let mut b = std::collections::hash_map::RandomState::new().build_hasher();
+    b.write_u64(0x6a09_e667_f3bc_c908);
+    format!("{:016x}{:016x}", a.finish(), b.finish())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn args_and_ids() {
+        assert_eq!(find_arg(b"a=1&B=2&b=3", "b"), Some(&b"2"[..]));
+        assert_eq!(find_arg(b"flag&x=", "flag"), Some(&b""[..]));
+        assert_eq!(find_arg(b"a=1", "c"), None);
+        let (x, y) = (new_request_id(), new_request_id());
+        assert_eq!(x.len(), 32);
+        assert_ne!(x, y);
+    }
+}

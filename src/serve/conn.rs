@@ -1,0 +1,369 @@
+//! One client connection: the IO wrapper that enforces the request-head limits
+//! (431 / 414) and answers a slow head with 408, and the watchdog that applies
+//! `client_header_timeout` and `keepalive_timeout`, which hyper's HTTP/1
+//! server does not do the way nginx users expect.
+//!
+//! The wrapper sees bytes only between requests (no request in flight): those
+//! are the next request's head. Bytes read while a request is in flight
+//! (its body, or a pipelined head) are hyper's to judge, with a limit slightly
+//! above ours as the fallback.
+
+use super::respond::error_page_bytes;
+use std::io;
+use std::pin::Pin;
+use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering::Relaxed};
+use std::sync::Arc;
+use std::task::{Context, Poll};
+use std::time::{Duration, Instant};
+use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
+use tokio::net::TcpStream;
+
+/// What the connection task, the IO wrapper and the request handler share.
+pub struct ConnState {
+    start: Instant,
+    /// Requests handed to the handler whose response has not finished.
+    in_flight: AtomicU32,
+    /// Requests seen on this connection, for keepalive_requests.
+    requests: AtomicU64,
+    /// Changes whenever a request starts or finishes: the wrapper restarts its
+    /// head scan when it sees a new value.
+    epoch: AtomicU32,
+    /// Milliseconds since `start` when the current head's first byte arrived; 0 = none yet.
+    head_started_ms: AtomicU64,
+    /// Milliseconds since `start` when the connection last became idle.
+    idle_since_ms: AtomicU64,
+    /// The watchdog found the head too slow: the wrapper answers 408.
+    head_timed_out: AtomicBool,
+    /// The client spoke the HTTP/2 preface: heads are frames, not lines.
+    http2: AtomicBool,
+    server_tokens: bool,
+}
+
+impl ConnState {
+    pub fn new(server_tokens: bool) -> Arc<Self> {
+        Arc::new(ConnState {
+            start: Instant::now(),
+            in_flight: AtomicU32::new(0),
+            requests: AtomicU64::new(0),
+            epoch: AtomicU32::new(0),
+            head_started_ms: AtomicU64::new(0),
+            idle_since_ms: AtomicU64::new(0),
+            head_timed_out: AtomicBool::new(false),
+            http2: AtomicBool::new(false),
+            server_tokens,
+        })
+    }
+
+    fn now_ms(&self) -> u64 {
+        // +1 so that 0 can mean "not set".
+        self.start.elapsed().as_millis() as u64 + 1
+    }
+
+    /// A request head was parsed and handed to the handler. Returns how many
+    /// requests this connection has seen, this one included.
+    pub fn request_started(&self) -> u64 {
+        self.in_flight.fetch_add(1, Relaxed);
+        self.epoch.fetch_add(1, Relaxed);
+        self.head_started_ms.store(0, Relaxed);
+        self.requests.fetch_add(1, Relaxed) + 1
+    }
+
+    /// Ask the IO wrapper to answer 408 on hyper's next read.
+    pub fn flag_head_timeout(&self) {
+        self.head_timed_out.store(true, Relaxed);
+    }
+
+    pub fn is_http2(&self) -> bool {
+        self.http2.load(Relaxed)
+    }
+
+    /// The response (body included) has been handed to hyper.
+    pub fn request_finished(&self) {
+        self.idle_since_ms.store(self.now_ms(), Relaxed);
+        self.epoch.fetch_add(1, Relaxed);
+        self.in_flight.fetch_sub(1, Relaxed);
+    }
+}
+
+/// Connection limits that apply before and between requests.
+#[derive(Clone, Copy, Debug)]
+pub struct HeadLimits {
+    pub max_header_size: usize,
+    pub header_timeout: Duration,
+    pub keepalive_timeout: Duration,
+}
+
+/// Scans the bytes of a request head as they arrive.
+#[derive(Default)]
+struct HeadScan {
+    epoch: u32,
+    bytes: usize,
+    /// Complete lines seen (the request line is line 0).
+    lines: usize,
+    /// The current line has content (not counting CR).
+    line_has_content: bool,
+    done: bool,
+}
+
+enum ScanVerdict {
+    Fine,
+    RequestLineTooLong,
+    HeadTooLarge,
+}
+
+impl HeadScan {
+    fn feed(&mut self, data: &[u8], limit: usize) -> ScanVerdict {
+        if self.done {
+            return ScanVerdict::Fine;
+        }
+        let mut from = 0;
+        for lf in memchr::memchr_iter(b'\n', data) {
+            let line = &data[from..lf];
+            let has_content = self.line_has_content || line.iter().any(|b| *b != b'\r');
+            if self.bytes + lf + 1 > limit {
+                return self.too_large();
+            }
+            if !has_content && self.lines > 0 {
+                self.done = true;
+                return ScanVerdict::Fine;
+            }
+            if has_content {
+                // Empty lines before the request line are skipped, as RFC 9112 allows.
+                self.lines += 1;
+            }
+            self.line_has_content = false;
+            from = lf + 1;
+        }
+        if from < data.len() && data[from..].iter().any(|b| *b != b'\r') {
+            self.line_has_content = true;
+        }
+        self.bytes += data.len();
+        if self.bytes > limit {
+            return self.too_large();
+        }
+        ScanVerdict::Fine
+    }
+
+    fn too_large(&mut self) -> ScanVerdict {
+        self.done = true;
+        if self.lines == 0 {
+            ScanVerdict::RequestLineTooLong
+        } else {
+            ScanVerdict::HeadTooLarge
+        }
+    }
+}
+
+/// The client socket as hyper sees it.
+pub struct ClientIo {
+    inner: TcpStream,
+    state: Arc<ConnState>,
+    limits: HeadLimits,
+    scan: HeadScan,
+}
+
+impl ClientIo {
+    pub fn new(inner: TcpStream, state: Arc<ConnState>, limits: HeadLimits) -> Self {
+        ClientIo {
+            inner,
+            state,
+            limits,
+            scan: HeadScan::default(),
+        }
+    }
+
+    /// Answer with one of ginx's pages directly on the socket and end the
+    /// connection: used when hyper must not go on parsing. The page is a few
+    /// hundred bytes, which a fresh socket buffer takes at once; if it does
+    /// not, the client is not reading and is closed without it.
+    fn reject(&mut self, status: http::StatusCode, reason: &str) -> io::Error {
+        let page = error_page_bytes(status, self.state.server_tokens);
+        let _ = self.inner.try_write(&page);
+        tracing::info!(status = status.as_u16(), reason, "closing connection");
+        io::Error::new(io::ErrorKind::InvalidData, reason.to_string())
+    }
+}
+
+impl AsyncRead for ClientIo {
+    fn poll_read(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
+        let this = &mut *self;
+        if this.state.head_timed_out.load(Relaxed) {
+            return Poll::Ready(Err(
+                this.reject(http::StatusCode::REQUEST_TIMEOUT, "client_header_timeout")
+            ));
+        }
+        let before = buf.filled().len();
+        let result = Pin::new(&mut this.inner).poll_read(cx, buf);
+        if let Poll::Ready(Ok(())) = result {
+            let new = &buf.filled()[before..];
+            if this.state.requests.load(Relaxed) == 0
+                && this.scan.bytes == 0
+                && new.starts_with(b"PRI * HTTP/2.0")
+            {
+                // HTTP/2 prior knowledge: hyper's h2 limits apply from here on.
+                this.state.http2.store(true, Relaxed);
+            }
+            if !new.is_empty() && this.state.in_flight.load(Relaxed) == 0 && !this.state.is_http2()
+            {
+                let epoch = this.state.epoch.load(Relaxed);
+                if this.scan.epoch != epoch {
+                    this.scan = HeadScan {
+                        epoch,
+                        ..HeadScan::default()
+                    };
+                }
+                if this.state.head_started_ms.load(Relaxed) == 0 {
+                    this.state
+                        .head_started_ms
+                        .store(this.state.now_ms(), Relaxed);
+                }
+                match this.scan.feed(new, this.limits.max_header_size) {
+                    ScanVerdict::Fine => {}
+                    ScanVerdict::RequestLineTooLong => {
+                        return Poll::Ready(Err(this.reject(
+                            http::StatusCode::URI_TOO_LONG,
+                            "request line over max_header_size",
+                        )));
+                    }
+                    ScanVerdict::HeadTooLarge => {
+                        return Poll::Ready(Err(this.reject(
+                            http::StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE,
+                            "request head over max_header_size",
+                        )));
+                    }
+                }
+            }
+        }
+        result
+    }
+}
+
+impl AsyncWrite for ClientIo {
+    fn poll_write(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<io::Result<usize>> {
+        Pin::new(&mut self.inner).poll_write(cx, buf)
+    }
+    fn poll_write_vectored(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &[io::IoSlice<'_>],
+    ) -> Poll<io::Result<usize>> {
+        Pin::new(&mut self.inner).poll_write_vectored(cx, bufs)
+    }
+    fn is_write_vectored(&self) -> bool {
+        self.inner.is_write_vectored()
+    }
+    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.inner).poll_flush(cx)
+    }
+    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.inner).poll_shutdown(cx)
+    }
+}
+
+/// What the watchdog decided at a deadline.
+pub enum Watch {
+    /// Nothing is due before this instant.
+    Sleep(Instant),
+    /// Idle for longer than allowed: close without a word (as nginx).
+    CloseIdle,
+    /// A head has been arriving for too long: answer 408.
+    HeadTimeout,
+}
+
+/// Decide what is due now for the connection.
+pub fn watch(state: &ConnState, limits: &HeadLimits) -> Watch {
+    let now_ms = state.now_ms();
+    let at = |ms: u64| state.start + Duration::from_millis(ms.saturating_sub(1));
+    if state.in_flight.load(Relaxed) > 0
+        || (state.is_http2() && state.head_started_ms.load(Relaxed) != 0)
+    {
+        // A request is being handled: body and upstream timeouts apply there.
+        return Watch::Sleep(
+            Instant::now() + limits.keepalive_timeout.max(Duration::from_millis(100)),
+        );
+    }
+    let head_started = state.head_started_ms.load(Relaxed);
+    if head_started != 0 {
+        let due = head_started + limits.header_timeout.as_millis() as u64;
+        return if now_ms >= due {
+            Watch::HeadTimeout
+        } else {
+            Watch::Sleep(at(due))
+        };
+    }
+    // Before the first request nginx waits client_header_timeout; between
+    // requests, keepalive_timeout.
+    let idle_since = state.idle_since_ms.load(Relaxed);
+    let allowed = if state.requests.load(Relaxed) == 0 {
+        limits.header_timeout
+    } else {
+        limits.keepalive_timeout
+    };
+    let due = idle_since + allowed.as_millis() as u64;
+    if now_ms >= due {
+        Watch::CloseIdle
+    } else {
+        Watch::Sleep(at(due))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn scan(chunks: &[&[u8]], limit: usize) -> &'static str {
+        let mut s = HeadScan::default();
+        for c in chunks {
+            match s.feed(c, limit) {
+                ScanVerdict::Fine => {}
+                ScanVerdict::RequestLineTooLong => return "414",
+                ScanVerdict::HeadTooLarge => return "431",
+            }
+        }
+        if s.done {
+            "complete"
+        } else {
+            "partial"
+        }
+    }
+
+    #[test]
+    fn head_scan() {
+        assert_eq!(
+            scan(&[b"GET / HTTP/1.1\r\nHost: a\r\n\r\n"], 100),
+            "complete"
+        );
+        assert_eq!(
+            scan(&[b"GET / HTTP/1.1\r\nHo", b"st: a\r\n", b"\r", b"\n"], 100),
+            "complete"
+        );
+        assert_eq!(scan(&[b"\r\nGET / HTTP/1.1\r\n"], 100), "partial");
+        let long_line = [b"GET /".as_slice(), &[b'a'; 200], b" HTTP/1.1\r\n\r\n"].concat();
+        assert_eq!(scan(&[&long_line], 100), "414");
+        let long_header = [
+            b"GET / HTTP/1.1\r\nX: ".as_slice(),
+            &[b'a'; 200],
+            b"\r\n\r\n",
+        ]
+        .concat();
+        assert_eq!(scan(&[&long_header], 100), "431");
+        // A body after a complete head is not counted.
+        let with_body = [
+            b"POST / HTTP/1.1\r\nHost: a\r\n\r\n".as_slice(),
+            &[b'x'; 500],
+        ]
+        .concat();
+        assert_eq!(scan(&[&with_body], 100), "complete");
+        // A request line arriving in small pieces is still caught.
+        let pieces: Vec<&[u8]> = std::iter::repeat(&b"aaaaaaaaaa"[..]).take(20).collect();
+        assert_eq!(scan(&pieces, 100), "414");
+    }
+}

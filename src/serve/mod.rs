@@ -1,0 +1,343 @@
+//! Serving: bind the configured addresses, accept connections (capped by
+//! `max_connections`), run HTTP/1.1 (and HTTP/2 on `http2` listeners) with
+//! hyper, and hand each request to [`handle_request`].
+//!
+//! The configuration lives behind an `ArcSwap`: a request loads it once and
+//! keeps that `Arc` to the end, so a swap never changes a request midway and
+//! the request path takes no lock.
+
+pub mod body;
+pub mod conn;
+pub mod respond;
+
+use crate::compile::Config;
+use crate::route::{self, Outcome, RequestInfo};
+use arc_swap::ArcSwap;
+use body::ResponseBody;
+use conn::{ClientIo, ConnState, HeadLimits, Watch};
+use http::{Request, Response};
+use hyper::body::Incoming;
+use hyper_util::rt::{TokioExecutor, TokioIo};
+use hyper_util::server::conn::auto;
+use std::convert::Infallible;
+use std::io;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::{watch, Semaphore};
+use tokio::task::JoinHandle;
+
+/// State shared by every connection of a running gateway.
+pub struct Shared {
+    pub config: ArcSwap<Config>,
+    connections: Arc<Semaphore>,
+    max_connections: usize,
+}
+
+impl Shared {
+    pub fn current(&self) -> Arc<Config> {
+        self.config.load_full()
+    }
+}
+
+/// A running gateway: its bound addresses and the means to stop it.
+pub struct Running {
+    pub shared: Arc<Shared>,
+    /// The addresses actually bound, in configuration order.
+    pub bound: Vec<SocketAddr>,
+    stop: watch::Sender<bool>,
+    accept_tasks: Vec<JoinHandle<()>>,
+}
+
+impl Running {
+    /// Stop accepting, let in-flight requests finish for up to `grace`, then
+    /// return. Returns true when every connection finished in time.
+    pub async fn shutdown(self, grace: Duration) -> bool {
+        let _ = self.stop.send(true);
+        for t in self.accept_tasks {
+            let _ = t.await;
+        }
+        // Every connection holds a permit: all permits back = all connections done.
+        let all = self.shared.max_connections as u32;
+        tokio::time::timeout(grace, self.shared.connections.acquire_many(all))
+            .await
+            .is_ok()
+    }
+}
+
+/// Bind every listen address of `config` and start serving. `prebound`
+/// sockets (already listening) are used for the addresses they are bound to,
+/// which lets tests and socket activation hand over ports.
+pub async fn start(config: Config, prebound: Vec<std::net::TcpListener>) -> io::Result<Running> {
+    let max_connections = config.settings.max_connections;
+    let addrs = addresses_to_bind(&config);
+    let shared = Arc::new(Shared {
+        config: ArcSwap::from_pointee(config),
+        connections: Arc::new(Semaphore::new(max_connections)),
+        max_connections,
+    });
+    let (stop, _) = watch::channel(false);
+    let mut prebound: Vec<Option<std::net::TcpListener>> = prebound.into_iter().map(Some).collect();
+    let mut accept_tasks = Vec::new();
+    let mut bound = Vec::new();
+    for addr in addrs {
+        let given = prebound
+            .iter_mut()
+            .find(|l| l.as_ref().and_then(|l| l.local_addr().ok()) == Some(addr))
+            .and_then(Option::take);
+        let listener = match given {
+            Some(std_listener) => {
+                std_listener.set_nonblocking(true)?;
+                TcpListener::from_std(std_listener)?
+            }
+            None => bind(addr)
+                .map_err(|e| io::Error::new(e.kind(), format!("cannot listen on {addr}: {e}")))?,
+        };
+        bound.push(listener.local_addr()?);
+        tracing::info!(%addr, "listening");
+        accept_tasks.push(tokio::spawn(accept_loop(
+            listener,
+            shared.clone(),
+            stop.subscribe(),
+        )));
+    }
+    Ok(Running {
+        shared,
+        bound,
+        stop,
+        accept_tasks,
+    })
+}
+
+/// The sockets to bind: a wildcard address on a port covers the specific
+/// addresses of that port (as nginx binds only `0.0.0.0:80` and picks the
+/// server table by the connection's local address).
+fn addresses_to_bind(config: &Config) -> Vec<SocketAddr> {
+    let all: Vec<SocketAddr> = config.listeners.iter().map(|l| l.addr).collect();
+    all.iter()
+        .copied()
+        .filter(|a| {
+            a.ip().is_unspecified()
+                || !all.iter().any(|w| {
+                    w.ip().is_unspecified() && w.port() == a.port() && w.is_ipv4() == a.is_ipv4()
+                })
+        })
+        .collect()
+}
+
+fn bind(addr: SocketAddr) -> io::Result<TcpListener> {
+    use socket2::{Domain, Socket, Type};
+    let socket = Socket::new(Domain::for_address(addr), Type::STREAM, None)?;
+    socket.set_reuse_address(true)?;
+    if addr.is_ipv6() {
+        // `[::]:80` and `0.0.0.0:80` are two listeners, as in nginx.
+        socket.set_only_v6(true)?;
+    }
+    socket.set_nonblocking(true)?;
+    socket.bind(&addr.into())?;
+    socket.listen(1024)?;
+    TcpListener::from_std(socket.into())
+}
+
+async fn accept_loop(listener: TcpListener, shared: Arc<Shared>, mut stop: watch::Receiver<bool>) {
+    let mut backoff = Duration::from_millis(5);
+    loop {
+        // Take a connection slot first: past max_connections, accepts wait.
+        let permit = tokio::select! {
+            p = shared.connections.clone().acquire_owned() => match p {
+                Ok(p) => p,
+                Err(_) => return,
+            },
+            _ = stop.changed() => return,
+        };
+        let accepted = tokio::select! {
+            a = listener.accept() => a,
+            _ = stop.changed() => return,
+        };
+        match accepted {
+            Ok((stream, remote)) => {
+                backoff = Duration::from_millis(5);
+                let shared = shared.clone();
+                let stop = stop.clone();
+                tokio::spawn(async move {
+                    serve_connection(shared, stream, remote, stop).await;
+                    drop(permit);
+                });
+            }
+            Err(e) => {
+                // Out of file descriptors and the like: wait, do not spin.
+                tracing::warn!(error = %e, "accept failed; retrying in {:?}", backoff);
+                tokio::time::sleep(backoff).await;
+                backoff = (backoff * 2).min(Duration::from_secs(1));
+            }
+        }
+    }
+}
+
+/// Facts about a connection that every request on it needs.
+#[derive(Clone, Copy)]
+struct ConnInfo {
+    local: SocketAddr,
+    remote: SocketAddr,
+    tls: bool,
+}
+
+async fn serve_connection(
+    shared: Arc<Shared>,
+    stream: TcpStream,
+    remote: SocketAddr,
+    mut stop: watch::Receiver<bool>,
+) {
+    let Ok(local) = stream.local_addr() else {
+        return;
+    };
+    let _ = stream.set_nodelay(true);
+    // Connection-level settings are read once, from the configuration current
+    // at accept time; a reload applies to new connections.
+    let config = shared.current();
+    let Some(listener) = config.listener_for(local) else {
+        return;
+    };
+    let limits = HeadLimits {
+        max_header_size: listener.limits.max_header_size,
+        header_timeout: listener.limits.client_header_timeout,
+        keepalive_timeout: listener.limits.keepalive_timeout,
+    };
+    let http2 = listener.http2;
+    let state = ConnState::new(config.settings.server_tokens);
+    drop(config);
+
+    let info = ConnInfo {
+        local,
+        remote,
+        tls: false,
+    };
+    let io = TokioIo::new(ClientIo::new(stream, state.clone(), limits));
+    let service = {
+        let shared = shared.clone();
+        let state = state.clone();
+        hyper::service::service_fn(move |req| {
+            let response = handle_request(&shared, &state, info, req);
+            std::future::ready(Ok::<_, Infallible>(response))
+        })
+    };
+
+    let mut builder = auto::Builder::new(TokioExecutor::new());
+    builder
+        .http1()
+        .keep_alive(true)
+        // hyper's own limit is a fallback for pipelined heads the wrapper does not see.
+        .max_buf_size((limits.max_header_size + 4096).max(8192));
+    builder
+        .http2()
+        .max_concurrent_streams(128)
+        .max_header_list_size(limits.max_header_size as u32);
+    if !http2 {
+        builder = builder.http1_only();
+    }
+    let conn = builder.serve_connection_with_upgrades(io, service);
+    tokio::pin!(conn);
+
+    let mut stopping = false;
+    let mut head_timeout_fired = false;
+    loop {
+        let sleep_until = match conn::watch(&state, &limits) {
+            Watch::Sleep(at) => at,
+            Watch::CloseIdle if state.is_http2() && !stopping => {
+                // HTTP/2: say goodbye with GOAWAY rather than a bare close.
+                stopping = true;
+                conn.as_mut().graceful_shutdown();
+                tokio::time::Instant::now().into_std() + Duration::from_secs(5)
+            }
+            Watch::CloseIdle => {
+                tracing::debug!(%remote, "closing idle connection");
+                return;
+            }
+            Watch::HeadTimeout if head_timeout_fired => return,
+            Watch::HeadTimeout => {
+                // Let the IO wrapper answer 408 on hyper's next read; give it a moment.
+                head_timeout_fired = true;
+                state.flag_head_timeout();
+                tokio::time::Instant::now().into_std() + Duration::from_secs(1)
+            }
+        };
+        tokio::select! {
+            result = conn.as_mut() => {
+                if let Err(e) = result {
+                    tracing::debug!(%remote, error = %e, "connection ended with an error");
+                }
+                return;
+            }
+            _ = tokio::time::sleep_until(sleep_until.into()) => {}
+            _ = stop.changed(), if !stopping => {
+                stopping = true;
+                conn.as_mut().graceful_shutdown();
+            }
+        }
+    }
+}
+
+/// One request, start to end, on the configuration current when it arrived.
+fn handle_request(
+    shared: &Shared,
+    state: &Arc<ConnState>,
+    info: ConnInfo,
+    req: Request<Incoming>,
+) -> Response<ResponseBody> {
+    let request_number = state.request_started();
+    let config = shared.current();
+    let mut response = respond_on(&config, info, &req, request_number);
+    response.body_mut().finish_on_drop(state.clone());
+    response
+}
+
+fn respond_on(
+    config: &Config,
+    info: ConnInfo,
+    req: &Request<Incoming>,
+    request_number: u64,
+) -> Response<ResponseBody> {
+    let settings = &config.settings;
+    let Some(listener) = config.listener_for(info.local) else {
+        // The address was removed by a reload while this connection was open.
+        let mut r = respond::page(
+            http::StatusCode::SERVICE_UNAVAILABLE,
+            settings.server_tokens,
+        );
+        respond::finish_headers(&mut r, settings, None, None, true);
+        return r;
+    };
+    let close = request_number >= listener.limits.keepalive_requests;
+    let info = RequestInfo {
+        method: req.method(),
+        uri: req.uri(),
+        headers: req.headers(),
+        version: req.version(),
+        local: info.local,
+        remote: info.remote,
+        tls: info.tls,
+    };
+    let routed = route::route(listener, &info, None);
+    let mut response = respond::outcome_response(&routed.outcome, settings);
+    match &routed.outcome {
+        Outcome::Error { status, reason } => {
+            tracing::info!(status = status.as_u16(), reason, uri = %req.uri(), client = %info.remote, "request answered by ginx");
+        }
+        Outcome::Proxy { uri } => {
+            tracing::error!(
+                upstream = routed.proxy_pass().map(|p| p.proxy_host()),
+                uri = %String::from_utf8_lossy(uri),
+                "502: forwarding to upstreams is not available in this version yet"
+            );
+        }
+        _ => {}
+    }
+    let rules = routed
+        .location
+        .map(|l| &l.headers)
+        .unwrap_or(&routed.server.headers);
+    let ctx = routed.var_context(&info);
+    respond::finish_headers(&mut response, settings, Some(rules), Some(&ctx), close);
+    response
+}

@@ -172,9 +172,9 @@ pub fn explain(config: &Config, request: &ExplainRequest) -> Result<String, Stri
                             .collect();
                         let _ = writeln!(
                             out,
-                            "          to upstream {name:?} at {} ({:?}, {scheme}): {}",
+                            "          to upstream {name:?} at {} ({}, {scheme}): {}",
                             u.origin,
-                            u.balance,
+                            u.balance.name(),
                             servers.join(", ")
                         );
                     }

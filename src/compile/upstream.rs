@@ -22,6 +22,20 @@ pub enum Balance {
     TwoChoices,
 }
 
+impl Balance {
+    /// The name as written in the configuration.
+    pub fn name(self) -> &'static str {
+        match self {
+            Balance::RoundRobin => "round_robin",
+            Balance::LeastConn => "least_conn",
+            Balance::IpHash => "ip_hash",
+            Balance::Hash => "hash",
+            Balance::Random => "random",
+            Balance::TwoChoices => "two_choices",
+        }
+    }
+}
+
 const BALANCERS: &[&str] = &[
     "round_robin",
     "least_conn",

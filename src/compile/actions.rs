@@ -151,15 +151,19 @@ pub fn parse_rewrite(text: &str, named: &HashSet<Arc<str>>) -> Result<Rewrite, S
                 "break" => RewriteFlag::Break,
                 "redirect" => RewriteFlag::Redirect,
                 "permanent" => RewriteFlag::Permanent,
-                other => return Err(format!(
+                other => {
+                    return Err(format!(
                     "unknown rewrite flag {other:?}: expected last, break, redirect or permanent"
-                )),
+                ))
+                }
             };
             (p, r, flag)
         }
-        _ => return Err(format!(
+        _ => {
+            return Err(format!(
             "bad rewrite {text:?}: expected \"REGEX REPLACEMENT [last|break|redirect|permanent]\""
-        )),
+        ))
+        }
     };
     let regex = compile_regex(pattern, false)?;
     let drop_args = replacement.ends_with('?');
@@ -296,7 +300,7 @@ mod tests {
         let r = parse_rewrite("'^/a b/(.*)$' https://x/$1?", &none()).unwrap();
         assert!(r.to_url && r.drop_args);
         let e = parse_rewrite("^/(abc /x", &none()).unwrap_err();
-        assert!(e.contains("unclosed group at character 2"), "{e}");
+        assert!(e.contains("unclosed group at character 3"), "{e}");
         assert!(parse_rewrite("^/ /x lst", &none())
             .unwrap_err()
             .contains("unknown rewrite flag"));

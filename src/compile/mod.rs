@@ -301,6 +301,17 @@ pub fn compile(loaded: Loaded) -> Result<Config, ConfigErrors> {
         }
     }
 
+    // Report in reading order: by file (load order), then line and column.
+    let file_rank = |f: &Path| {
+        loaded
+            .sources
+            .iter()
+            .position(|s| &*s.path == f)
+            .unwrap_or(usize::MAX)
+    };
+    errors
+        .0
+        .sort_by_key(|e| (file_rank(&e.origin.file), e.origin.line, e.origin.column));
     errors.into_result(Config {
         settings,
         listeners,

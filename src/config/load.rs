@@ -211,6 +211,15 @@ fn describe_yaml_error(message: &str, unknown_key_hint: &str) -> String {
             );
         }
     }
+    match message {
+        "expected sequence start" => return "expected a list here, e.g. [a, b] or lines starting with \"- \"".to_string(),
+        "expected mapping start" => return "expected a mapping here (key: value lines)".to_string(),
+        "expected string scalar" => return "expected a single value here, not a list or a mapping".to_string(),
+        "mapping values are not allowed in this context" => {
+            return "\": \" inside an unquoted value starts a new key; quote the whole value, e.g. return: '200 \"a: b\"'".to_string()
+        }
+        _ => {}
+    }
     if let Some(rest) = message.strip_prefix("duplicate field `") {
         let key = rest.split('`').next().unwrap_or(rest);
         return format!("key {key:?} is given twice in the same mapping");

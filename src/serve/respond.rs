@@ -124,8 +124,8 @@ pub fn finish_headers(
 /// A header value from bytes that may hold what a header cannot (controls,
 /// from a client's path): such bytes are percent-escaped.
 pub fn header_value_escaped(bytes: &[u8]) -> HeaderValue {
-    if let Ok(v) = HeaderValue::from_bytes(bytes) {
-        if !bytes.iter().any(|b| *b < 0x20 || *b == 0x7f) {
+    if bytes.iter().all(|b| (0x20..0x7f).contains(b)) {
+        if let Ok(v) = HeaderValue::from_bytes(bytes) {
             return v;
         }
     }

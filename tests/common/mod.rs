@@ -1,0 +1,175 @@
+//! Helpers for integration tests: a gateway started in-process on ports bound
+//! by the test (127.0.0.1, ephemeral), configuration written to a temp dir,
+//! and a raw-socket HTTP client that reports exactly what came back.
+#![allow(dead_code)]
+
+use ginx::serve::Running;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::time::Duration;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
+
+/// Every network wait in a test is bounded by this.
+pub const IO_LIMIT: Duration = Duration::from_secs(10);
+
+pub struct Gateway {
+    pub running: Option<Running>,
+    pub ports: Vec<u16>,
+    pub dir: tempfile::TempDir,
+}
+
+impl Gateway {
+    pub fn addr(&self, i: usize) -> SocketAddr {
+        SocketAddr::from(([127, 0, 0, 1], self.ports[i]))
+    }
+
+    pub async fn stop(mut self) {
+        if let Some(r) = self.running.take() {
+            r.shutdown(Duration::from_secs(5)).await;
+        }
+    }
+}
+
+/// Write `files` (path relative to a new temp dir, text) after replacing
+/// `{p0}`, `{p1}`, ... with the given ports. Returns the dir.
+pub fn write_files(files: &[(&str, &str)], ports: &[u16]) -> tempfile::TempDir {
+    let dir = tempfile::tempdir().expect("temp dir");
+    for (name, text) in files {
+        let mut text = text.to_string();
+        for (i, p) in ports.iter().enumerate() {
+            text = text.replace(&format!("{{p{i}}}"), &p.to_string());
+        }
+        let path = dir.path().join(name);
+        std::fs::create_dir_all(path.parent().unwrap()).unwrap();
+        std::fs::write(path, text).unwrap();
+    }
+    dir
+}
+
+/// Start a gateway whose main file is `ginx.yaml` among `files`, with `nports`
+/// listening sockets bound beforehand and named `{p0}`.. in the files.
+pub async fn start(files: &[(&str, &str)], nports: usize) -> Gateway {
+    let listeners: Vec<std::net::TcpListener> = (0..nports)
+        .map(|_| std::net::TcpListener::bind("127.0.0.1:0").expect("bind"))
+        .collect();
+    let ports: Vec<u16> = listeners
+        .iter()
+        .map(|l| l.local_addr().unwrap().port())
+        .collect();
+    let dir = write_files(files, &ports);
+    let config = ginx::compile::load_and_compile(&dir.path().join("ginx.yaml"))
+        .unwrap_or_else(|e| panic!("test configuration does not load:\n{e}"));
+    let running = ginx::serve::start(config, listeners).await.expect("start");
+    Gateway {
+        running: Some(running),
+        ports,
+        dir,
+    }
+}
+
+/// Start with a single file as `ginx.yaml`.
+pub async fn start_one(yaml: &str, nports: usize) -> Gateway {
+    start(&[("ginx.yaml", yaml)], nports).await
+}
+
+#[derive(Debug, Clone)]
+pub struct Resp {
+    pub status: u16,
+    pub headers: Vec<(String, String)>,
+    pub body: Vec<u8>,
+}
+
+impl Resp {
+    pub fn header(&self, name: &str) -> Option<&str> {
+        self.headers
+            .iter()
+            .find(|(k, _)| k.eq_ignore_ascii_case(name))
+            .map(|(_, v)| v.as_str())
+    }
+    pub fn text(&self) -> String {
+        String::from_utf8_lossy(&self.body).into_owned()
+    }
+}
+
+/// Parse every response in `bytes` (Content-Length bodies; no body for
+/// responses to HEAD and for 1xx/204/304).
+pub fn parse_responses(mut bytes: &[u8]) -> Vec<Resp> {
+    let mut out = Vec::new();
+    while !bytes.is_empty() {
+        let mut headers = [httparse::EMPTY_HEADER; 64];
+        let mut resp = httparse::Response::new(&mut headers);
+        let Ok(httparse::Status::Complete(len)) = resp.parse(bytes) else {
+            panic!(
+                "unparsable response bytes: {:?}",
+                String::from_utf8_lossy(bytes)
+            );
+        };
+        let status = resp.code.unwrap();
+        let headers: Vec<(String, String)> = resp
+            .headers
+            .iter()
+            .map(|h| {
+                (
+                    h.name.to_string(),
+                    String::from_utf8_lossy(h.value).into_owned(),
+                )
+            })
+            .collect();
+        let body_len = headers
+            .iter()
+            .find(|(k, _)| k.eq_ignore_ascii_case("content-length"))
+            .map(|(_, v)| v.parse::<usize>().unwrap())
+            .unwrap_or(0);
+        let body = bytes[len..len + body_len].to_vec();
+        bytes = &bytes[len + body_len..];
+        out.push(Resp {
+            status,
+            headers,
+            body,
+        });
+    }
+    out
+}
+
+/// Send raw bytes, read until the server closes (bounded by IO_LIMIT).
+pub async fn raw(addr: SocketAddr, request: &[u8]) -> Vec<u8> {
+    let mut s = TcpStream::connect(addr).await.expect("connect");
+    s.write_all(request).await.expect("write");
+    read_to_close(&mut s).await
+}
+
+pub async fn read_to_close(s: &mut TcpStream) -> Vec<u8> {
+    let mut out = Vec::new();
+    let read = tokio::time::timeout(IO_LIMIT, s.read_to_end(&mut out)).await;
+    match read {
+        Ok(_) => out,
+        Err(_) => panic!(
+            "server did not close within {IO_LIMIT:?}; got {:?}",
+            String::from_utf8_lossy(&out)
+        ),
+    }
+}
+
+/// One request with `Connection: close`, parsed.
+pub async fn get(addr: SocketAddr, host: &str, target: &str) -> Resp {
+    let req = format!("GET {target} HTTP/1.1\r\nHost: {host}\r\nConnection: close\r\n\r\n");
+    let bytes = raw(addr, req.as_bytes()).await;
+    let mut all = parse_responses(&bytes);
+    assert_eq!(
+        all.len(),
+        1,
+        "expected one response to {target}, got {all:?}"
+    );
+    all.remove(0)
+}
+
+/// Status and body text of one GET.
+pub async fn answer(addr: SocketAddr, host: &str, target: &str) -> (u16, String) {
+    let r = get(addr, host, target).await;
+    (r.status, r.text())
+}
+
+pub fn ginx_bin() -> PathBuf {
+    PathBuf::from(env!("CARGO_BIN_EXE_ginx"))
+}

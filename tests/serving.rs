@@ -1,0 +1,263 @@
+//! HTTP/1.1 serving over real sockets: the client limits of the spec
+//! (header timeout, header size, keep-alive time and count), pipelining,
+//! Host rules, the headers every response gets, and graceful stop.
+
+mod common;
+use common::{get, parse_responses, raw, read_to_close, start_one, IO_LIMIT};
+use std::time::{Duration, Instant};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
+
+const LIMITS: &str = r#"
+server_tokens: true
+http:
+  client_header_timeout: 1s
+  keepalive_timeout: 1s
+  keepalive_requests: 3
+  max_header_size: 4k
+servers:
+  - listen: ["127.0.0.1:{p0}"]
+    add_header: { X-Site: "limits" }
+    locations:
+      - location: "= /"
+        return: 200 "hi\n"
+"#;
+
+#[tokio::test]
+async fn every_response_has_server_date_and_add_header_errors_included() {
+    let gw = start_one(LIMITS, 1).await;
+    let ok = get(gw.addr(0), "x", "/").await;
+    assert_eq!(ok.status, 200);
+    assert_eq!(ok.header("server"), Some("ginx"));
+    assert!(
+        ok.header("date").is_some_and(|d| d.ends_with(" GMT")),
+        "{ok:?}"
+    );
+    assert_eq!(ok.header("x-site"), Some("limits"));
+    let missing = get(gw.addr(0), "x", "/nothing").await;
+    assert_eq!(missing.status, 404);
+    assert_eq!(
+        missing.header("x-site"),
+        Some("limits"),
+        "add_header applies to errors too"
+    );
+    assert_eq!(missing.header("content-type"), Some("text/html"));
+    gw.stop().await;
+}
+
+#[tokio::test]
+async fn server_tokens_off_hides_the_server_header() {
+    let yaml = LIMITS.replace("server_tokens: true", "server_tokens: false");
+    let gw = start_one(&yaml, 1).await;
+    let r = get(gw.addr(0), "x", "/nothing").await;
+    assert_eq!(r.header("server"), None);
+    assert!(!r.text().contains("ginx"), "{}", r.text());
+    gw.stop().await;
+}
+
+#[tokio::test]
+async fn oversized_heads_get_431_and_long_request_lines_414() {
+    let gw = start_one(LIMITS, 1).await;
+    let long_uri = format!("GET /{} HTTP/1.1\r\nHost: x\r\n\r\n", "a".repeat(5000));
+    let r = parse_responses(&raw(gw.addr(0), long_uri.as_bytes()).await);
+    assert_eq!(r[0].status, 414);
+    assert_eq!(r[0].header("connection"), Some("close"));
+    let big_header = format!(
+        "GET / HTTP/1.1\r\nHost: x\r\nX-Big: {}\r\n\r\n",
+        "b".repeat(5000)
+    );
+    let r = parse_responses(&raw(gw.addr(0), big_header.as_bytes()).await);
+    assert_eq!(r[0].status, 431);
+    // Many small headers add up.
+    let many: String = (0..400).map(|i| format!("X-H{i}: v\r\n")).collect();
+    let r = parse_responses(
+        &raw(
+            gw.addr(0),
+            format!("GET / HTTP/1.1\r\nHost: x\r\n{many}\r\n").as_bytes(),
+        )
+        .await,
+    );
+    assert_eq!(r[0].status, 431);
+    // Just under the limit is fine.
+    let fits = format!(
+        "GET / HTTP/1.1\r\nHost: x\r\nX-Fit: {}\r\nConnection: close\r\n\r\n",
+        "c".repeat(3500)
+    );
+    assert_eq!(
+        parse_responses(&raw(gw.addr(0), fits.as_bytes()).await)[0].status,
+        200
+    );
+    gw.stop().await;
+}
+
+#[tokio::test]
+async fn a_slow_head_gets_408_while_others_are_served() {
+    let gw = start_one(LIMITS, 1).await;
+    let mut slow = TcpStream::connect(gw.addr(0)).await.unwrap();
+    slow.write_all(b"GET / HTTP/1.1\r\nHost: x\r\n")
+        .await
+        .unwrap();
+    let started = Instant::now();
+    // Meanwhile another client is served at once.
+    assert_eq!(get(gw.addr(0), "x", "/").await.status, 200);
+    let bytes = read_to_close(&mut slow).await;
+    let waited = started.elapsed();
+    let r = parse_responses(&bytes);
+    assert_eq!(r[0].status, 408);
+    assert!(
+        waited >= Duration::from_millis(900),
+        "closed too early: {waited:?}"
+    );
+    gw.stop().await;
+}
+
+#[tokio::test]
+async fn a_silent_connection_is_closed_without_an_answer() {
+    let gw = start_one(LIMITS, 1).await;
+    let mut silent = TcpStream::connect(gw.addr(0)).await.unwrap();
+    let bytes = read_to_close(&mut silent).await;
+    assert!(
+        bytes.is_empty(),
+        "nothing was asked, nothing is answered: {bytes:?}"
+    );
+    gw.stop().await;
+}
+
+#[tokio::test]
+async fn idle_keepalive_connections_are_closed_after_keepalive_timeout() {
+    let gw = start_one(LIMITS, 1).await;
+    let mut s = TcpStream::connect(gw.addr(0)).await.unwrap();
+    s.write_all(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n")
+        .await
+        .unwrap();
+    let mut buf = vec![0u8; 4096];
+    let n = tokio::time::timeout(IO_LIMIT, s.read(&mut buf))
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(parse_responses(&buf[..n])[0].status, 200);
+    let idle_from = Instant::now();
+    let rest = read_to_close(&mut s).await;
+    assert!(rest.is_empty());
+    let idle = idle_from.elapsed();
+    assert!(
+        idle >= Duration::from_millis(900) && idle < Duration::from_secs(5),
+        "closed after {idle:?}"
+    );
+    gw.stop().await;
+}
+
+#[tokio::test]
+async fn keepalive_requests_closes_after_the_nth_response_and_pipelining_works() {
+    let gw = start_one(LIMITS, 1).await;
+    // Four pipelined requests in one write: three are answered, the third
+    // says Connection: close, the fourth is never read.
+    let one = "GET / HTTP/1.1\r\nHost: x\r\n\r\n";
+    let bytes = raw(gw.addr(0), one.repeat(4).as_bytes()).await;
+    let r = parse_responses(&bytes);
+    assert_eq!(r.len(), 3, "{r:?}");
+    assert!(r.iter().all(|x| x.status == 200 && x.text() == "hi\n"));
+    assert_eq!(r[0].header("connection"), None);
+    assert_eq!(r[2].header("connection"), Some("close"));
+    gw.stop().await;
+}
+
+#[tokio::test]
+async fn host_rules() {
+    let gw = start_one(LIMITS, 1).await;
+    let a = gw.addr(0);
+    let no_host = parse_responses(&raw(a, b"GET / HTTP/1.1\r\nConnection: close\r\n\r\n").await);
+    assert_eq!(no_host[0].status, 400);
+    let two_hosts = parse_responses(
+        &raw(
+            a,
+            b"GET / HTTP/1.1\r\nHost: a\r\nHost: b\r\nConnection: close\r\n\r\n",
+        )
+        .await,
+    );
+    assert_eq!(two_hosts[0].status, 400);
+    let bad_host = parse_responses(
+        &raw(
+            a,
+            b"GET / HTTP/1.1\r\nHost: a/b\r\nConnection: close\r\n\r\n",
+        )
+        .await,
+    );
+    assert_eq!(bad_host[0].status, 400);
+    let http10 = parse_responses(&raw(a, b"GET / HTTP/1.0\r\n\r\n").await);
+    assert_eq!(http10[0].status, 200);
+    let garbage = parse_responses(&raw(a, b"BLAH\r\n\r\n").await);
+    assert_eq!(garbage[0].status, 400);
+    gw.stop().await;
+}
+
+#[tokio::test]
+async fn head_requests_get_headers_only() {
+    let gw = start_one(LIMITS, 1).await;
+    let bytes = raw(
+        gw.addr(0),
+        b"HEAD / HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n",
+    )
+    .await;
+    let text = String::from_utf8_lossy(&bytes);
+    assert!(text.starts_with("HTTP/1.1 200 OK\r\n"), "{text}");
+    assert!(
+        text.to_ascii_lowercase().contains("content-length: 3\r\n"),
+        "{text}"
+    );
+    assert!(
+        text.ends_with("\r\n\r\n"),
+        "no body after the head: {text:?}"
+    );
+    gw.stop().await;
+}
+
+#[tokio::test]
+async fn sigterm_stops_the_binary_gracefully() {
+    let port = {
+        let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        l.local_addr().unwrap().port()
+    };
+    let yaml = LIMITS.replace("{p0}", &port.to_string());
+    let dir = common::write_files(&[("ginx.yaml", &yaml)], &[]);
+    let mut child = std::process::Command::new(common::ginx_bin())
+        .arg("-c")
+        .arg(dir.path().join("ginx.yaml"))
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    let addr = std::net::SocketAddr::from(([127, 0, 0, 1], port));
+    let deadline = Instant::now() + IO_LIMIT;
+    while TcpStream::connect(addr).await.is_err() {
+        assert!(Instant::now() < deadline, "ginx did not start listening");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    // A keep-alive client is connected when the signal comes.
+    let mut client = TcpStream::connect(addr).await.unwrap();
+    client
+        .write_all(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n")
+        .await
+        .unwrap();
+    let mut buf = vec![0u8; 1024];
+    let n = client.read(&mut buf).await.unwrap();
+    assert!(buf[..n].starts_with(b"HTTP/1.1 200"));
+    let kill = std::process::Command::new("kill")
+        .args(["-TERM", &child.id().to_string()])
+        .status()
+        .unwrap();
+    assert!(kill.success());
+    let deadline = Instant::now() + IO_LIMIT;
+    let status = loop {
+        if let Some(s) = child.try_wait().unwrap() {
+            break s;
+        }
+        assert!(Instant::now() < deadline, "ginx did not exit after SIGTERM");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    };
+    assert!(status.success(), "exit status {status:?}");
+    assert!(
+        TcpStream::connect(addr).await.is_err(),
+        "still accepting after stop"
+    );
+}

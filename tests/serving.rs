@@ -261,3 +261,34 @@ async fn sigterm_stops_the_binary_gracefully() {
         "still accepting after stop"
     );
 }
+
+#[tokio::test]
+async fn past_max_connections_new_connections_wait() {
+    let yaml = LIMITS.replace("http:\n", "http:\n  max_connections: 1\n");
+    let gw = start_one(&yaml, 1).await;
+    // The first client holds the only slot with a keep-alive connection.
+    let mut first = TcpStream::connect(gw.addr(0)).await.unwrap();
+    first
+        .write_all(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n")
+        .await
+        .unwrap();
+    let mut buf = vec![0u8; 1024];
+    let n = tokio::time::timeout(IO_LIMIT, first.read(&mut buf))
+        .await
+        .unwrap()
+        .unwrap();
+    assert!(buf[..n].starts_with(b"HTTP/1.1 200"));
+    // The second is not served while the first is open...
+    let mut second = TcpStream::connect(gw.addr(0)).await.unwrap();
+    second
+        .write_all(b"GET / HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+        .await
+        .unwrap();
+    let early = tokio::time::timeout(Duration::from_millis(300), second.read(&mut buf)).await;
+    assert!(early.is_err(), "served past max_connections");
+    // ...and is served as soon as the first goes away.
+    drop(first);
+    let rest = read_to_close(&mut second).await;
+    assert_eq!(parse_responses(&rest)[0].status, 200);
+    gw.stop().await;
+}

@@ -214,6 +214,16 @@ impl Config {
     }
 }
 
+/// One file's upstreams and servers, with the file's path.
+type FileParts<'a> = (
+    Arc<Path>,
+    &'a raw::OrderedMap<Text, Spanned<raw::Upstream>>,
+    &'a Vec<Spanned<raw::Server>>,
+);
+
+/// A server on one address: its index, its listen entry and where that is written.
+type ListenMember<'a> = (usize, &'a ListenSpec, &'a Origin);
+
 /// Load and compile in one step, as `ginx -t` and a reload do.
 pub fn load_and_compile(main: &Path) -> Result<Config, ConfigErrors> {
     let loaded = crate::config::load::load(main)?;
@@ -227,11 +237,7 @@ pub fn compile(loaded: Loaded) -> Result<Config, ConfigErrors> {
     let main_file = loaded.main_path.clone();
 
     // Every file's parts in load order: main first.
-    let mut parts: Vec<(
-        Arc<Path>,
-        &raw::OrderedMap<Text, Spanned<raw::Upstream>>,
-        &Vec<Spanned<raw::Server>>,
-    )> = vec![(
+    let mut parts: Vec<FileParts<'_>> = vec![(
         main_file.clone(),
         &loaded.main.upstreams,
         &loaded.main.servers,
@@ -271,11 +277,7 @@ pub fn compile(loaded: Loaded) -> Result<Config, ConfigErrors> {
     let upstream_names: Vec<&str> = upstreams.iter().map(|u| &*u.name).collect();
 
     // Servers, then the listen addresses they share.
-    let mut servers: Vec<(
-        Arc<Server>,
-        Vec<(ListenSpec, Origin)>,
-        Vec<(NamePattern, Option<regex::Regex>, Origin)>,
-    )> = Vec::new();
+    let mut servers: Vec<CompiledServer> = Vec::new();
     for (file, _, list) in &parts {
         for raw_server in list.iter() {
             let mut c = Checker::new(file, &mut errors);
@@ -325,13 +327,7 @@ pub fn compile(loaded: Loaded) -> Result<Config, ConfigErrors> {
 
 /// Named groups of every regex in the configuration: nginx makes each one a
 /// variable, usable anywhere.
-fn collect_capture_names(
-    parts: &[(
-        Arc<Path>,
-        &raw::OrderedMap<Text, Spanned<raw::Upstream>>,
-        &Vec<Spanned<raw::Server>>,
-    )],
-) -> HashSet<Arc<str>> {
+fn collect_capture_names(parts: &[FileParts<'_>]) -> HashSet<Arc<str>> {
     let mut names = HashSet::new();
     let mut add = |pattern: &str| {
         if let Ok(ast) = regex_syntax::Parser::new().parse(pattern) {
@@ -1009,7 +1005,7 @@ fn build_listeners(
     warnings: &mut Vec<ConfigError>,
 ) -> Vec<Listener> {
     // Group by address, keeping configuration order within each.
-    let mut by_addr: Vec<(SocketAddr, Vec<(usize, &ListenSpec, &Origin)>)> = Vec::new();
+    let mut by_addr: Vec<(SocketAddr, Vec<ListenMember<'_>>)> = Vec::new();
     for (i, (_, specs, _)) in servers.iter().enumerate() {
         for (spec, origin) in specs {
             match by_addr.iter_mut().find(|(a, _)| *a == spec.addr) {

@@ -363,7 +363,7 @@ mod tests {
         .concat();
         assert_eq!(scan(&[&with_body], 100), "complete");
         // A request line arriving in small pieces is still caught.
-        let pieces: Vec<&[u8]> = std::iter::repeat(&b"aaaaaaaaaa"[..]).take(20).collect();
+        let pieces: Vec<&[u8]> = std::iter::repeat_n(&b"aaaaaaaaaa"[..], 20).collect();
         assert_eq!(scan(&pieces, 100), "414");
     }
 }

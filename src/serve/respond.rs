@@ -131,7 +131,7 @@ pub fn header_value_escaped(bytes: &[u8]) -> HeaderValue {
     }
     let mut out = Vec::with_capacity(bytes.len() + 8);
     for &b in bytes {
-        if b < 0x21 || b >= 0x7f {
+        if !(0x21..0x7f).contains(&b) {
             out.extend_from_slice(format!("%{b:02X}").as_bytes());
         } else {
             out.push(b);

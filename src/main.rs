@@ -238,13 +238,23 @@ async fn wait_for_stop(running: &ginx::serve::Running, path: &Path) {
         tokio::select! {
             _ = term.recv() => return,
             _ = int.recv() => return,
-            _ = hup.recv() => reload(running, path),
+            _ = hup.recv() => reload(running, path).await,
         }
     }
 }
 
-fn reload(running: &ginx::serve::Running, path: &Path) {
-    match load_and_compile(path) {
+/// Load off the runtime's threads (file reads and name resolution block),
+/// then swap the new configuration in with one atomic store.
+async fn reload(running: &ginx::serve::Running, path: &Path) {
+    let owned = path.to_path_buf();
+    let loaded = match tokio::task::spawn_blocking(move || load_and_compile(&owned)).await {
+        Ok(result) => result,
+        Err(e) => {
+            tracing::error!("reload failed, the running configuration is kept: {e}");
+            return;
+        }
+    };
+    match loaded {
         Ok(config) => {
             let old: Vec<SocketAddr> = running
                 .shared

@@ -46,8 +46,10 @@ impl fmt::Display for Origin {
 /// Paths are shown relative to the working directory when they are below it,
 /// so that messages read like a compiler's.
 pub fn display_path(path: &Path) -> String {
-    if let Ok(cwd) = std::env::current_dir() {
-        if let Ok(rel) = path.strip_prefix(&cwd) {
+    // ginx never changes directory: read it once.
+    static CWD: std::sync::OnceLock<Option<PathBuf>> = std::sync::OnceLock::new();
+    if let Some(cwd) = CWD.get_or_init(|| std::env::current_dir().ok()) {
+        if let Ok(rel) = path.strip_prefix(cwd) {
             return rel.display().to_string();
         }
     }

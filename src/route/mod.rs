@@ -113,6 +113,18 @@ impl<'c> Routed<'c> {
     }
 }
 
+/// Where `ginx explain` collects its lines. The text is only built when a
+/// trace was asked for: requests pay nothing for it.
+struct Trace<'a>(Option<&'a mut Vec<String>>);
+
+impl Trace<'_> {
+    fn note(&mut self, line: impl FnOnce() -> String) {
+        if let Some(t) = self.0.as_deref_mut() {
+            t.push(line());
+        }
+    }
+}
+
 /// nginx stops after 10 internal redirects (rewrite `last` cycles).
 const MAX_REWRITE_CYCLES: usize = 10;
 
@@ -121,13 +133,9 @@ const MAX_REWRITE_CYCLES: usize = 10;
 pub fn route<'c>(
     listener: &'c Listener,
     req: &RequestInfo<'_>,
-    mut trace: Option<&mut Vec<String>>,
+    trace: Option<&mut Vec<String>>,
 ) -> Routed<'c> {
-    let mut note = |line: String| {
-        if let Some(t) = trace.as_deref_mut() {
-            t.push(line);
-        }
-    };
+    let mut trace = Trace(trace);
     let error = |server, location, status, reason, vars| Routed {
         server,
         location,
@@ -142,7 +150,7 @@ pub fn route<'c>(
                 host::HostError::Duplicate => "more than one Host header",
                 host::HostError::Invalid => "malformed host",
             };
-            note(format!("400: {reason}"));
+            trace.note(|| format!("400: {reason}"));
             return error(
                 listener.default_server(),
                 None,
@@ -154,7 +162,7 @@ pub fn route<'c>(
     };
     let found = listener.hosts.find(&host);
     let server = &listener.servers[found.server];
-    note(format!("server at {} (host {:?})", server.origin, host));
+    trace.note(|| format!("server at {} (host {:?})", server.origin, host));
     let mut vars = RouteVars {
         host,
         captures: found.captures.unwrap_or_default(),
@@ -168,7 +176,7 @@ pub fn route<'c>(
                 path::PathError::AboveRoot => "path climbs above /",
                 path::PathError::Malformed => "malformed path or percent-escape",
             };
-            note(format!("400: {reason}"));
+            trace.note(|| format!("400: {reason}"));
             return error(server, None, StatusCode::BAD_REQUEST, reason, vars);
         }
     };
@@ -185,11 +193,13 @@ pub fn route<'c>(
             }
             Found::AddSlash(i) => {
                 let loc = &server.locations[i];
-                note(format!(
-                    "location {:?} at {} (the path without its final slash)",
-                    loc.display_pattern(),
-                    loc.origin
-                ));
+                trace.note(|| {
+                    format!(
+                        "location {:?} at {} (the path without its final slash)",
+                        loc.display_pattern(),
+                        loc.origin
+                    )
+                });
                 let mut target = Vec::new();
                 path::encode_path_into(&vars.uri, &mut target);
                 target.push(b'/');
@@ -197,7 +207,7 @@ pub fn route<'c>(
                     target.push(b'?');
                     target.extend_from_slice(&vars.args);
                 }
-                note("301: a proxying location ending in / answers its name without the slash with a redirect".to_string());
+                trace.note(|| "301: a proxying location ending in / answers its name without the slash with a redirect".to_string());
                 let location = absolute_location(req, &vars.host, server, &target);
                 return Routed {
                     server,
@@ -210,7 +220,7 @@ pub fn route<'c>(
                 };
             }
             Found::NotFound => {
-                note("404: no location matches".to_string());
+                trace.note(|| "404: no location matches".to_string());
                 return error(
                     server,
                     None,
@@ -220,14 +230,16 @@ pub fn route<'c>(
                 );
             }
         };
-        note(format!(
-            "location {:?} at {} for {}",
-            location.display_pattern(),
-            location.origin,
-            String::from_utf8_lossy(&vars.uri)
-        ));
+        trace.note(|| {
+            format!(
+                "location {:?} at {} for {}",
+                location.display_pattern(),
+                location.origin,
+                String::from_utf8_lossy(&vars.uri)
+            )
+        });
 
-        match run_rewrites(location, req, server, &mut vars, &mut note) {
+        match run_rewrites(location, req, server, &mut vars, &mut trace) {
             RewriteResult::Stay => {}
             RewriteResult::Again => continue,
             RewriteResult::Answer(outcome) => {
@@ -241,7 +253,7 @@ pub fn route<'c>(
         }
 
         if !access_allows(&location.access, req.remote.ip()) {
-            note(format!("403: {} is denied by allow/deny", req.remote.ip()));
+            trace.note(|| format!("403: {} is denied by allow/deny", req.remote.ip()));
             return error(
                 server,
                 Some(location),
@@ -286,9 +298,7 @@ pub fn route<'c>(
             vars,
         };
     }
-    note(format!(
-        "500: more than {MAX_REWRITE_CYCLES} rewrite cycles"
-    ));
+    trace.note(|| format!("500: more than {MAX_REWRITE_CYCLES} rewrite cycles"));
     error(
         server,
         None,
@@ -335,7 +345,7 @@ fn run_rewrites(
     req: &RequestInfo<'_>,
     server: &Server,
     vars: &mut RouteVars,
-    note: &mut impl FnMut(String),
+    trace: &mut Trace<'_>,
 ) -> RewriteResult {
     let mut changed = false;
     for (rw, origin) in &location.rewrites {
@@ -345,13 +355,15 @@ fn run_rewrites(
         let groups = CaptureValues::from_match(&rw.regex, &caps);
         merge_captures(&mut vars.captures, groups);
         let replaced = context(req, server, vars, None).expand(&rw.replacement);
-        note(format!(
-            "rewrite {:?} at {}: {} -> {}",
-            rw.source,
-            origin,
-            String::from_utf8_lossy(&vars.uri),
-            String::from_utf8_lossy(&replaced)
-        ));
+        trace.note(|| {
+            format!(
+                "rewrite {:?} at {}: {} -> {}",
+                rw.source,
+                origin,
+                String::from_utf8_lossy(&vars.uri),
+                String::from_utf8_lossy(&replaced)
+            )
+        });
         let redirect_status = match rw.flag {
             RewriteFlag::Permanent => Some(StatusCode::MOVED_PERMANENTLY),
             RewriteFlag::Redirect => Some(StatusCode::FOUND),
@@ -364,7 +376,7 @@ fn run_rewrites(
                 target.push(if target.contains(&b'?') { b'&' } else { b'?' });
                 target.extend_from_slice(&vars.args);
             }
-            note(format!("{}: redirect", status.as_u16()));
+            trace.note(|| format!("{}: redirect", status.as_u16()));
             let location = absolute_location(req, &vars.host, server, &target);
             return RewriteResult::Answer(Outcome::Redirect { status, location });
         }

@@ -292,3 +292,33 @@ async fn past_max_connections_new_connections_wait() {
     assert_eq!(parse_responses(&rest)[0].status, 200);
     gw.stop().await;
 }
+
+#[tokio::test]
+async fn trickling_a_head_byte_by_byte_buys_no_time() {
+    let gw = start_one(LIMITS, 1).await;
+    let mut s = TcpStream::connect(gw.addr(0)).await.unwrap();
+    let started = Instant::now();
+    let head = b"GET / HTTP/1.1\r\nHost: x\r\nX-Slow: aaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaa\r\n";
+    let mut answer = Vec::new();
+    // One byte every 100 ms; client_header_timeout is 1s from the accept.
+    for b in head.iter() {
+        if s.write_all(&[*b]).await.is_err() {
+            break;
+        }
+        let mut buf = [0u8; 1024];
+        if let Ok(Ok(n)) = tokio::time::timeout(Duration::from_millis(100), s.read(&mut buf)).await
+        {
+            answer.extend_from_slice(&buf[..n]);
+            break;
+        }
+        assert!(started.elapsed() < IO_LIMIT);
+    }
+    answer.extend(read_to_close(&mut s).await);
+    let closed_after = started.elapsed();
+    assert_eq!(parse_responses(&answer)[0].status, 408);
+    assert!(
+        closed_after < Duration::from_secs(4),
+        "the trickle kept the connection for {closed_after:?}"
+    );
+    gw.stop().await;
+}

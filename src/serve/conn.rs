@@ -282,15 +282,23 @@ pub enum Watch {
 pub fn watch(state: &ConnState, limits: &HeadLimits) -> Watch {
     let now_ms = state.now_ms();
     let at = |ms: u64| state.start + Duration::from_millis(ms.saturating_sub(1));
-    if state.in_flight.load(Relaxed) > 0
-        || (state.is_http2() && state.head_started_ms.load(Relaxed) != 0)
-    {
+    if state.in_flight.load(Relaxed) > 0 {
         // A request is being handled: body and upstream timeouts apply there.
         return Watch::Sleep(
             Instant::now() + limits.keepalive_timeout.max(Duration::from_millis(100)),
         );
     }
     let head_started = state.head_started_ms.load(Relaxed);
+    if state.requests.load(Relaxed) == 0 {
+        // The first request, as nginx: client_header_timeout counts from the
+        // accept, not from the first byte, so trickling bytes buys no time.
+        let due = 1 + limits.header_timeout.as_millis() as u64;
+        return match (now_ms >= due, head_started != 0) {
+            (false, _) => Watch::Sleep(at(due)),
+            (true, true) => Watch::HeadTimeout,
+            (true, false) => Watch::CloseIdle,
+        };
+    }
     if head_started != 0 {
         let due = head_started + limits.header_timeout.as_millis() as u64;
         return if now_ms >= due {
@@ -299,15 +307,8 @@ pub fn watch(state: &ConnState, limits: &HeadLimits) -> Watch {
             Watch::Sleep(at(due))
         };
     }
-    // Before the first request nginx waits client_header_timeout; between
-    // requests, keepalive_timeout.
-    let idle_since = state.idle_since_ms.load(Relaxed);
-    let allowed = if state.requests.load(Relaxed) == 0 {
-        limits.header_timeout
-    } else {
-        limits.keepalive_timeout
-    };
-    let due = idle_since + allowed.as_millis() as u64;
+    // Between requests: keepalive_timeout from the end of the last response.
+    let due = state.idle_since_ms.load(Relaxed) + limits.keepalive_timeout.as_millis() as u64;
     if now_ms >= due {
         Watch::CloseIdle
     } else {

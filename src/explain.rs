@@ -135,6 +135,9 @@ pub fn explain(config: &Config, request: &ExplainRequest) -> Result<String, Stri
                 String::from_utf8_lossy(location)
             );
         }
+        Outcome::Close => {
+            let _ = writeln!(out, "close the connection without an answer (return 444)");
+        }
         Outcome::Error { status, reason } => {
             let _ = writeln!(out, "answer {} ({reason})", status.as_u16());
         }

@@ -250,10 +250,20 @@ servers:
         return: 200 "not reached"
       - location: /break/
         rewrite: ["^/break/(.*)$ /new/$1 break"]
-        return: 200 "break kept $uri"
+        return: 200 "break stops this return, as nginx"
+      - location: /noflag-ret/
+        rewrite: ["^/noflag-ret/(.*)$ /elsewhere/$1"]
+        return: 200 "stayed $uri"
+      - location: /captured/
+        rewrite: ["^/captured/(.*)$ /new/$1 last"]
+      - location: /redir-enc/
+        rewrite: ["^/redir-enc/(.*)$ /target/$1 redirect"]
+      - location: /close/
+        return: 444
+      - location: "~ ^/bin/(.*)\\.dat$"
+        return: 200 "bin"
       - location: /noflag/
         rewrite: ["^/noflag/(.*)$ /mid/$1", "^/mid/(.*)$ /new/$1"]
-        return: 200 "not reached either"
       - location: /args/
         rewrite: ["^/args/(.*)$ /new/$1?added=1 last"]
       - location: /dropargs/
@@ -305,9 +315,34 @@ async fn rewrites_and_returns() {
         answer(a, "rw.test", "/last/p?a=1").await,
         (200, "new /new/p args=a=1 a=1".into())
     );
+    // `break` stops the rewrite directives, `return` included: nothing answers (nginx: 404).
+    assert_eq!(get(a, "rw.test", "/break/p").await.status, 404);
+    // Without a flag, the location's own `return` still answers, with the new $uri.
     assert_eq!(
-        answer(a, "rw.test", "/break/p").await,
-        (200, "break kept /new/p".into())
+        answer(a, "rw.test", "/noflag-ret/x").await,
+        (200, "stayed /elsewhere/x".into())
+    );
+    // Only a `?` written in the replacement starts arguments; a decoded %3F does not.
+    assert_eq!(
+        answer(a, "rw.test", "/captured/a%3Fb?y=2").await,
+        (200, "new /new/a?b args=y=2 a=".into())
+    );
+    // Groups are escaped inside a redirect.
+    let r = get(a, "rw.test", "/redir-enc/a%20b").await;
+    assert_eq!(
+        r.header("location"),
+        Some(format!("http://rw.test:{port}/target/a%20b").as_str())
+    );
+    // return 444 closes without an answer.
+    assert!(
+        common::raw(a, b"GET /close/ HTTP/1.1\r\nHost: rw.test\r\n\r\n")
+            .await
+            .is_empty()
+    );
+    // Paths are bytes for regexes: %FF is matched by `.`.
+    assert_eq!(
+        answer(a, "rw.test", "/bin/%FF.dat").await,
+        (200, "bin".into())
     );
     // Rewrites without a flag run in order, then the locations are searched again.
     assert_eq!(
@@ -379,10 +414,18 @@ servers:
       - location: /closed/
         deny: [127.0.0.0/8]
         allow: [all]
-        return: 200 "never"
+        proxy_pass: http://127.0.0.1:1
+      # As nginx, `return` answers before allow/deny are checked.
+      - location: /returned/
+        deny: [all]
+        return: 200 "return runs first"
 "#;
     let gw = start_one(yaml, 1).await;
     assert_eq!(answer(gw.addr(0), "x", "/").await, (200, "in".into()));
     assert_eq!(get(gw.addr(0), "x", "/closed/").await.status, 403);
+    assert_eq!(
+        answer(gw.addr(0), "x", "/returned/").await,
+        (200, "return runs first".into())
+    );
     gw.stop().await;
 }

@@ -49,10 +49,10 @@ pub fn parse_return(text: &str, named: &HashSet<Arc<str>>) -> Result<Return, Str
         ));
     };
     let status = match StatusCode::from_u16(code) {
-        Ok(s) if (100..=599).contains(&code) && code >= 200 => s,
+        Ok(s) if (200..=999).contains(&code) => s,
         _ => {
             return Err(format!(
-                "bad return code {code}: expected a status from 200 to 599"
+                "bad return code {code}: expected a status from 200 to 999 (444 closes the connection without an answer)"
             ))
         }
     };
@@ -84,7 +84,11 @@ pub enum RewriteFlag {
 #[derive(Clone, Debug)]
 pub struct Rewrite {
     pub regex: Regex,
+    /// The replacement up to the first `?` written in it.
     pub replacement: Template,
+    /// After a written `?`: the new arguments. As nginx, only a `?` written in
+    /// the replacement separates them; one inside a captured value does not.
+    pub args: Option<Template>,
     pub flag: RewriteFlag,
     /// The replacement is an absolute URL: answering with a redirect.
     pub to_url: bool,
@@ -168,13 +172,20 @@ pub fn parse_rewrite(text: &str, named: &HashSet<Arc<str>>) -> Result<Rewrite, S
     let regex = compile_regex(pattern, false)?;
     let drop_args = replacement.ends_with('?');
     let replacement_text = replacement.strip_suffix('?').unwrap_or(replacement);
-    let replacement = parse_template(replacement_text, named)?;
+    // `?` cannot be part of a variable name, so the first one in the text is a written one.
+    let (path_text, args_text) = match replacement_text.split_once('?') {
+        Some((p, a)) => (p, Some(a)),
+        None => (replacement_text, None),
+    };
+    let args = args_text.map(|a| parse_template(a, named)).transpose()?;
+    let replacement = parse_template(path_text, named)?;
     let to_url = replacement.starts_with_literal("http://")
         || replacement.starts_with_literal("https://")
         || replacement.starts_with_var(&Var::Scheme);
     Ok(Rewrite {
         regex,
         replacement,
+        args,
         flag,
         to_url,
         drop_args,
@@ -197,7 +208,10 @@ pub fn compile_regex(pattern: &str, caseless: bool) -> Result<Regex, String> {
     } else {
         pattern.to_string()
     };
+    // As nginx's PCRE without UTF-8 mode: the path is bytes (`.` matches any
+    // byte, %FF included), and `~*` folds ASCII case only.
     regex::bytes::RegexBuilder::new(&full)
+        .unicode(false)
         .size_limit(1 << 22)
         .build()
         .map_err(|e| format!("bad regex {pattern:?}: {}", first_line(&e.to_string())))
@@ -298,7 +312,10 @@ mod tests {
         assert_eq!(r.flag, RewriteFlag::Permanent);
         assert!(!r.to_url);
         let r = parse_rewrite("'^/a b/(.*)$' https://x/$1?", &none()).unwrap();
-        assert!(r.to_url && r.drop_args);
+        assert!(r.to_url && r.drop_args && r.args.is_none());
+        let r = parse_rewrite("^/(.*)$ /new?id=$1&x=1", &none()).unwrap();
+        assert_eq!(r.replacement.as_literal(), Some(&b"/new"[..]));
+        assert!(r.args.is_some() && !r.drop_args);
         let e = parse_rewrite("^/(abc /x", &none()).unwrap_err();
         assert!(e.contains("unclosed group at character 3"), "{e}");
         assert!(parse_rewrite("^/ /x lst", &none())

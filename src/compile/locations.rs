@@ -2,7 +2,7 @@
 //! `=` exact (hash map) → longest prefix (sorted, with parent links) → `^~`
 //! stops → regexes in configuration order (one `RegexSet` pass) → the prefix.
 
-use regex::bytes::{Regex, RegexSet};
+use regex::bytes::{Regex, RegexSet, RegexSetBuilder};
 use std::collections::HashMap;
 use std::sync::Arc;
 
@@ -162,7 +162,13 @@ impl LocationTable {
             table.add_slash.remove(name);
         }
         if !regex_sources.is_empty() {
-            table.regex_set = Some(RegexSet::new(&regex_sources)?);
+            // The same options as each regex (see actions::compile_regex).
+            table.regex_set = Some(
+                RegexSetBuilder::new(&regex_sources)
+                    .unicode(false)
+                    .size_limit(1 << 24)
+                    .build()?,
+            );
         }
         Ok(table)
     }
@@ -221,8 +227,12 @@ mod tests {
 
     fn key(kind: LocationKind, pattern: &str) -> LocationKey<'_> {
         let regex = match kind {
-            LocationKind::Regex => Some(Regex::new(pattern).unwrap()),
-            LocationKind::RegexCaseless => Some(Regex::new(&format!("(?i){pattern}")).unwrap()),
+            LocationKind::Regex => {
+                Some(crate::compile::actions::compile_regex(pattern, false).unwrap())
+            }
+            LocationKind::RegexCaseless => {
+                Some(crate::compile::actions::compile_regex(pattern, true).unwrap())
+            }
             _ => None,
         };
         LocationKey {
@@ -283,6 +293,27 @@ mod tests {
                 _ => None,
             };
             assert_eq!(got, scan, "path {path}");
+        }
+    }
+}
+
+#[cfg(test)]
+mod bytes_tests {
+    use super::*;
+
+    #[test]
+    fn regex_groups_hold_non_utf8_bytes() {
+        let re = crate::compile::actions::compile_regex(r"^/static/(.*)\.css$", false).unwrap();
+        let t = LocationTable::build(vec![LocationKey {
+            kind: LocationKind::Regex,
+            pattern: r"^/static/(.*)\.css$",
+            regex: Some(re),
+            redirects_without_slash: false,
+        }])
+        .unwrap();
+        match t.find(b"/static/\xff.css", |_| false) {
+            Found::Location(0, Some(c)) => assert_eq!(c.positional(1), Some(&b"\xff"[..])),
+            other => panic!("{other:?}"),
         }
     }
 }

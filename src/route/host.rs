@@ -29,28 +29,28 @@ pub fn request_host(uri: &Uri, headers: &HeaderMap, version: Version) -> Result<
     }
 }
 
-/// nginx's host validation: no `/`, `\`, NUL, controls or `..`; `[v6]` kept
-/// whole; port and one trailing dot removed; lower-cased.
+/// nginx's host validation: no `/`, `\\`, NUL, space, controls or `..`; `[v6]` kept
+/// whole; everything from the first `:` outside brackets (the port) and one
+/// trailing dot removed; lower-cased. Like nginx, a leading dot, `@` or a
+/// non-numeric port are let through.
 pub fn normalize_host(raw: &[u8]) -> Result<String, HostError> {
-    // userinfo never belongs in a Host.
-    if raw.contains(&b'@') {
-        return Err(HostError::Invalid);
-    }
     let mut end = raw.len();
     let mut in_brackets = false;
-    let mut prev_dot = None;
+    let mut prev_dot: Option<usize> = None;
     for (i, &b) in raw.iter().enumerate() {
         match b {
             b'.' => {
-                if prev_dot == Some(i.wrapping_sub(1)) || i == 0 {
+                if prev_dot.is_some_and(|d| d + 1 == i) {
                     return Err(HostError::Invalid);
                 }
                 prev_dot = Some(i);
             }
             b':' if !in_brackets => {
                 end = i;
-                let port = &raw[i + 1..];
-                if !port.iter().all(u8::is_ascii_digit) {
+                if raw[i + 1..]
+                    .iter()
+                    .any(|c| matches!(c, b'/' | b'\\' | 0) || *c < 0x20 || *c == 0x7f)
+                {
                     return Err(HostError::Invalid);
                 }
                 break;
@@ -90,10 +90,13 @@ mod tests {
         assert_eq!(normalize_host(b"[::1]:80"), Ok("[::1]".into()));
         assert_eq!(normalize_host(b"a..b"), Err(HostError::Invalid));
         assert_eq!(normalize_host(b"a/b"), Err(HostError::Invalid));
-        assert_eq!(normalize_host(b".a"), Err(HostError::Invalid));
-        assert_eq!(normalize_host(b"a b"), Err(HostError::Invalid));
-        assert_eq!(normalize_host(b"a:x"), Err(HostError::Invalid));
+        assert_eq!(normalize_host(b"a\x01b"), Err(HostError::Invalid));
         assert_eq!(normalize_host(b""), Err(HostError::Invalid));
-        assert_eq!(normalize_host(b"user@host"), Err(HostError::Invalid));
+        assert_eq!(normalize_host(b"a:1/2"), Err(HostError::Invalid));
+        // As nginx: these pass.
+        assert_eq!(normalize_host(b".a"), Ok(".a".into()));
+        assert_eq!(normalize_host(b"a b"), Err(HostError::Invalid));
+        assert_eq!(normalize_host(b"a:x"), Ok("a".into()));
+        assert_eq!(normalize_host(b"user@host"), Ok("user@host".into()));
     }
 }

@@ -57,6 +57,8 @@ pub enum Outcome {
     },
     /// Forward to the location's proxy_pass with this path and query.
     Proxy { uri: Vec<u8> },
+    /// `return 444`: close the connection without an answer, as nginx.
+    Close,
     /// An answer ginx makes itself (400, 403, 404, 500), with the reason for the log.
     Error {
         status: StatusCode,
@@ -109,6 +111,7 @@ impl<'c> Routed<'c> {
             captures: &self.vars.captures,
             proxy_host: self.proxy_pass().map(ProxyPass::proxy_host),
             request_id: &self.vars.request_id,
+            escape_captures: false,
         }
     }
 }
@@ -208,7 +211,7 @@ pub fn route<'c>(
                     target.extend_from_slice(&vars.args);
                 }
                 trace.note(|| "301: a proxying location ending in / answers its name without the slash with a redirect".to_string());
-                let location = absolute_location(req, &vars.host, server, &target);
+                let location = absolute_location(req, &vars.host, &target);
                 return Routed {
                     server,
                     location: Some(loc),
@@ -252,6 +255,21 @@ pub fn route<'c>(
             }
         }
 
+        // As nginx, `return` belongs to the rewrite phase: it answers before
+        // allow/deny are checked, and `rewrite ... break` stops it too.
+        if let Action::Return(ret) = &location.action {
+            if !vars.after_break {
+                let outcome = return_outcome(req, server, &vars, ret);
+                return Routed {
+                    server,
+                    location: Some(location),
+                    outcome,
+                    vars,
+                };
+            }
+            trace.note(|| "rewrite ... break stops the location's return (as nginx)".to_string());
+        }
+
         if !access_allows(&location.access, req.remote.ip()) {
             trace.note(|| format!("403: {} is denied by allow/deny", req.remote.ip()));
             return error(
@@ -264,24 +282,13 @@ pub fn route<'c>(
         }
 
         let outcome = match &location.action {
-            Action::Return(ret) => {
-                let text = context(req, server, &vars, None).expand(&ret.text);
-                if ret.is_redirect() {
-                    Outcome::Redirect {
-                        status: ret.status,
-                        location: absolute_location(req, &vars.host, server, &text),
-                    }
-                } else {
-                    Outcome::Respond {
-                        status: ret.status,
-                        body: text,
-                    }
-                }
-            }
             Action::Proxy(pass) => Outcome::Proxy {
                 uri: upstream_uri(req, location, pass, &vars),
             },
-            Action::None => {
+            Action::Return(_) | Action::None => {
+                trace.note(|| {
+                    "404: nothing in the location answers (ginx serves no files)".to_string()
+                });
                 return error(
                     server,
                     Some(location),
@@ -308,6 +315,29 @@ pub fn route<'c>(
     )
 }
 
+fn return_outcome(
+    req: &RequestInfo<'_>,
+    server: &Server,
+    vars: &RouteVars,
+    ret: &crate::compile::actions::Return,
+) -> Outcome {
+    if ret.status.as_u16() == 444 {
+        return Outcome::Close;
+    }
+    let text = context(req, server, vars, None).expand(&ret.text);
+    if ret.is_redirect() {
+        Outcome::Redirect {
+            status: ret.status,
+            location: absolute_location(req, &vars.host, &text),
+        }
+    } else {
+        Outcome::Respond {
+            status: ret.status,
+            body: text,
+        }
+    }
+}
+
 fn context<'a>(
     req: &'a RequestInfo<'a>,
     server: &'a Server,
@@ -323,6 +353,7 @@ fn context<'a>(
         captures: &vars.captures,
         proxy_host,
         request_id: &vars.request_id,
+        escape_captures: false,
     }
 }
 
@@ -354,49 +385,57 @@ fn run_rewrites(
         };
         let groups = CaptureValues::from_match(&rw.regex, &caps);
         merge_captures(&mut vars.captures, groups);
-        let replaced = context(req, server, vars, None).expand(&rw.replacement);
-        trace.note(|| {
-            format!(
-                "rewrite {:?} at {}: {} -> {}",
-                rw.source,
-                origin,
-                String::from_utf8_lossy(&vars.uri),
-                String::from_utf8_lossy(&replaced)
-            )
-        });
         let redirect_status = match rw.flag {
             RewriteFlag::Permanent => Some(StatusCode::MOVED_PERMANENTLY),
             RewriteFlag::Redirect => Some(StatusCode::FOUND),
             _ if rw.to_url => Some(StatusCode::FOUND),
             _ => None,
         };
+        let mut ctx = context(req, server, vars, None);
+        // In a redirect, groups are escaped: they come from the decoded path.
+        ctx.escape_captures = redirect_status.is_some();
+        let path = ctx.expand(&rw.replacement);
+        let new_args = rw.args.as_ref().map(|t| ctx.expand(t));
+        trace.note(|| {
+            let args = new_args
+                .as_ref()
+                .map(|a| format!("?{}", String::from_utf8_lossy(a)))
+                .unwrap_or_default();
+            format!(
+                "rewrite {:?} at {}: {} -> {}{}",
+                rw.source,
+                origin,
+                String::from_utf8_lossy(&vars.uri),
+                String::from_utf8_lossy(&path),
+                args
+            )
+        });
         if let Some(status) = redirect_status {
-            let mut target = replaced;
+            let mut target = path;
+            if let Some(a) = &new_args {
+                target.push(b'?');
+                target.extend_from_slice(a);
+            }
             if !rw.drop_args && !vars.args.is_empty() {
-                target.push(if target.contains(&b'?') { b'&' } else { b'?' });
+                // As nginx: `&` when the replacement wrote arguments, else `?`.
+                target.push(if new_args.is_some() { b'&' } else { b'?' });
                 target.extend_from_slice(&vars.args);
             }
             trace.note(|| format!("{}: redirect", status.as_u16()));
-            let location = absolute_location(req, &vars.host, server, &target);
+            let location = absolute_location(req, &vars.host, &target);
             return RewriteResult::Answer(Outcome::Redirect { status, location });
         }
-        // An internal rewrite: new path, and new arguments when it has some.
-        match replaced.iter().position(|b| *b == b'?') {
-            Some(q) => {
-                let mut args = replaced[q + 1..].to_vec();
-                if !rw.drop_args && !vars.args.is_empty() {
-                    args.push(b'&');
-                    args.extend_from_slice(&vars.args);
-                }
-                vars.args = args;
-                vars.uri = replaced[..q].to_vec();
+        // An internal rewrite: a new path, and new arguments (followed by the
+        // old ones) when the replacement wrote some.
+        vars.uri = path;
+        if let Some(mut args) = new_args {
+            if !rw.drop_args && !vars.args.is_empty() {
+                args.push(b'&');
+                args.extend_from_slice(&vars.args);
             }
-            None => {
-                if rw.drop_args {
-                    vars.args.clear();
-                }
-                vars.uri = replaced;
-            }
+            vars.args = args;
+        } else if rw.drop_args {
+            vars.args.clear();
         }
         vars.rewritten = true;
         changed = true;
@@ -409,9 +448,10 @@ fn run_rewrites(
             _ => {}
         }
     }
-    if changed {
-        // As nginx: a rewrite without a flag changes the URI, and the location
-        // is searched again once the location's rewrites are done.
+    if changed && !matches!(location.action, Action::Return(_)) {
+        // As nginx: a rewrite without a flag changes the URI, and when nothing
+        // in the location answers (a `return` would), the locations are
+        // searched again with it.
         RewriteResult::Again
     } else {
         RewriteResult::Stay
@@ -455,17 +495,16 @@ fn upstream_uri(
 
 /// Make a redirect target absolute as nginx does: `SCHEME://HOST[:PORT]/path`,
 /// the port shown when it is not the scheme's default.
-fn absolute_location(req: &RequestInfo<'_>, host: &str, server: &Server, target: &[u8]) -> Vec<u8> {
+fn absolute_location(req: &RequestInfo<'_>, host: &str, target: &[u8]) -> Vec<u8> {
     if !target.starts_with(b"/") {
         return target.to_vec();
     }
     let mut out = Vec::with_capacity(target.len() + 32);
     out.extend_from_slice(req.scheme().as_bytes());
     out.extend_from_slice(b"://");
+    // Without a host (HTTP/1.0), nginx names the local address.
     let host = if !host.is_empty() {
         host.to_string()
-    } else if !server.primary_name().is_empty() && !server.primary_name().starts_with('~') {
-        server.primary_name().to_string()
     } else {
         match req.local.ip() {
             std::net::IpAddr::V6(v6) => format!("[{v6}]"),

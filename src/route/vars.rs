@@ -19,6 +19,9 @@ pub struct VarContext<'a> {
     pub captures: &'a CaptureValues,
     pub proxy_host: Option<&'a str>,
     pub request_id: &'a OnceCell<String>,
+    /// Percent-escape regex groups (they come from the decoded path) where
+    /// the result is a URL for a redirect, as nginx does.
+    pub escape_captures: bool,
 }
 
 impl VarContext<'_> {
@@ -111,19 +114,37 @@ impl VarContext<'_> {
             Var::RequestId => {
                 out.extend_from_slice(self.request_id.get_or_init(new_request_id).as_bytes())
             }
-            Var::Capture(n) => {
-                if let Some(v) = self.captures.positional(*n) {
-                    out.extend_from_slice(v);
-                }
-            }
-            Var::Named(name) => {
-                if let Some(v) = self.captures.named(name) {
-                    out.extend_from_slice(v);
-                }
-            }
+            Var::Capture(n) => self.write_capture(self.captures.positional(*n), out),
+            Var::Named(name) => self.write_capture(self.captures.named(name), out),
         }
     }
 }
+
+impl VarContext<'_> {
+    fn write_capture(&self, value: Option<&[u8]>, out: &mut Vec<u8>) {
+        let Some(v) = value else { return };
+        if self.escape_captures {
+            for chunk in percent_encoding::percent_encode(v, REDIRECT_ESCAPE) {
+                out.extend_from_slice(chunk.as_bytes());
+            }
+        } else {
+            out.extend_from_slice(v);
+        }
+    }
+}
+
+/// What a group must not carry raw into a Location: controls, space,
+/// non-ASCII and the characters that would end or change the URL.
+const REDIRECT_ESCAPE: &percent_encoding::AsciiSet = &percent_encoding::CONTROLS
+    .add(b' ')
+    .add(b'"')
+    .add(b'#')
+    .add(b'%')
+    .add(b'<')
+    .add(b'>')
+    .add(b'`')
+    .add(b'{')
+    .add(b'}');
 
 /// The value of the first argument `name` (compared case-insensitively, as nginx).
 pub fn find_arg<'a>(args: &'a [u8], name: &str) -> Option<&'a [u8]> {

@@ -19,7 +19,6 @@ use http::{Request, Response};
 use hyper::body::Incoming;
 use hyper_util::rt::{TokioExecutor, TokioIo};
 use hyper_util::server::conn::auto;
-use std::convert::Infallible;
 use std::io;
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -218,8 +217,7 @@ async fn serve_connection(
         let shared = shared.clone();
         let state = state.clone();
         hyper::service::service_fn(move |req| {
-            let response = handle_request(&shared, &state, info, req);
-            std::future::ready(Ok::<_, Infallible>(response))
+            std::future::ready(handle_request(&shared, &state, info, req))
         })
     };
 
@@ -278,26 +276,46 @@ async fn serve_connection(
     }
 }
 
+/// `return 444`: the handler's error makes hyper drop the connection unanswered.
+#[derive(Debug)]
+pub struct CloseWithoutAnswer;
+
+impl std::fmt::Display for CloseWithoutAnswer {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("closed without an answer (return 444)")
+    }
+}
+
+impl std::error::Error for CloseWithoutAnswer {}
+
 /// One request, start to end, on the configuration current when it arrived.
 fn handle_request(
     shared: &Shared,
     state: &Arc<ConnState>,
     info: ConnInfo,
     req: Request<Incoming>,
-) -> Response<ResponseBody> {
+) -> Result<Response<ResponseBody>, CloseWithoutAnswer> {
     let request_number = state.request_started();
     let config = shared.current();
-    let mut response = respond_on(&config, info, &req, request_number);
-    response.body_mut().finish_on_drop(state.clone());
-    response
+    match respond_on(&config, info, &req, request_number) {
+        Some(mut response) => {
+            response.body_mut().finish_on_drop(state.clone());
+            Ok(response)
+        }
+        None => {
+            state.request_finished();
+            Err(CloseWithoutAnswer)
+        }
+    }
 }
 
+/// The response for a request, or None to close the connection without one.
 fn respond_on(
     config: &Config,
     info: ConnInfo,
     req: &Request<Incoming>,
     request_number: u64,
-) -> Response<ResponseBody> {
+) -> Option<Response<ResponseBody>> {
     let settings = &config.settings;
     let Some(listener) = config.listener_for(info.local) else {
         // The address was removed by a reload while this connection was open.
@@ -306,7 +324,7 @@ fn respond_on(
             settings.server_tokens,
         );
         respond::finish_headers(&mut r, settings, None, None, true);
-        return r;
+        return Some(r);
     };
     let close = request_number >= listener.limits.keepalive_requests;
     let info = RequestInfo {
@@ -319,6 +337,9 @@ fn respond_on(
         tls: info.tls,
     };
     let routed = route::route(listener, &info, None);
+    if routed.outcome == Outcome::Close {
+        return None;
+    }
     let mut response = respond::outcome_response(&routed.outcome, settings);
     match &routed.outcome {
         Outcome::Error { status, reason } => {
@@ -339,5 +360,5 @@ fn respond_on(
         .unwrap_or(&routed.server.headers);
     let ctx = routed.var_context(&info);
     respond::finish_headers(&mut response, settings, Some(rules), Some(&ctx), close);
-    response
+    Some(response)
 }

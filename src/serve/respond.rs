@@ -74,6 +74,8 @@ pub fn outcome_response(outcome: &Outcome, settings: &Settings) -> Response<Resp
             r
         }
         Outcome::Error { status, .. } => page(*status, settings.server_tokens),
+        // The handler closes instead of answering; never sent.
+        Outcome::Close => page(StatusCode::BAD_REQUEST, settings.server_tokens),
         Outcome::Proxy { .. } => page(StatusCode::BAD_GATEWAY, settings.server_tokens),
     }
 }

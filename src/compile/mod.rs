@@ -447,40 +447,18 @@ fn compile_settings(
         None => (defaults, 10_000, HeaderRules::default()),
         Some(h) => {
             let h = &h.value;
-            let limits = Limits {
-                client_max_body_size: c.size(
-                    h.client_max_body_size.as_ref(),
-                    "client_max_body_size",
-                    defaults.client_max_body_size,
-                ),
-                client_header_timeout: c.duration(
-                    h.client_header_timeout.as_ref(),
-                    "client_header_timeout",
-                    defaults.client_header_timeout,
-                ),
-                client_body_timeout: c.duration(
-                    h.client_body_timeout.as_ref(),
-                    "client_body_timeout",
-                    defaults.client_body_timeout,
-                ),
-                keepalive_timeout: c.duration(
-                    h.keepalive_timeout.as_ref(),
-                    "keepalive_timeout",
-                    defaults.keepalive_timeout,
-                ),
-                keepalive_requests: c.number(
-                    h.keepalive_requests.as_ref(),
-                    "keepalive_requests",
-                    defaults.keepalive_requests,
-                    1,
-                    u64::MAX,
-                ),
-                max_header_size: header_size(
-                    c,
-                    h.max_header_size.as_ref(),
-                    defaults.max_header_size,
-                ),
-            };
+            let limits = resolve_limits(
+                c,
+                LimitKeys {
+                    client_max_body_size: h.client_max_body_size.as_ref(),
+                    client_header_timeout: h.client_header_timeout.as_ref(),
+                    client_body_timeout: h.client_body_timeout.as_ref(),
+                    keepalive_timeout: h.keepalive_timeout.as_ref(),
+                    keepalive_requests: h.keepalive_requests.as_ref(),
+                    max_header_size: h.max_header_size.as_ref(),
+                },
+                &defaults,
+            );
             let max = c.number(
                 h.max_connections.as_ref(),
                 "max_connections",
@@ -530,6 +508,50 @@ fn log_format(c: &mut Checker<'_>, t: Option<&Text>, key: &str, default: &str) -
             }
             LogFormat::Text
         }
+    }
+}
+
+/// The client limits one level (http or a server) writes.
+struct LimitKeys<'a> {
+    client_max_body_size: Option<&'a Text>,
+    client_header_timeout: Option<&'a Text>,
+    client_body_timeout: Option<&'a Text>,
+    keepalive_timeout: Option<&'a Text>,
+    keepalive_requests: Option<&'a Text>,
+    max_header_size: Option<&'a Text>,
+}
+
+/// A level's limits: what it writes, else what it inherits from `base`.
+fn resolve_limits(c: &mut Checker<'_>, keys: LimitKeys<'_>, base: &Limits) -> Limits {
+    Limits {
+        client_max_body_size: c.size(
+            keys.client_max_body_size,
+            "client_max_body_size",
+            base.client_max_body_size,
+        ),
+        client_header_timeout: c.duration(
+            keys.client_header_timeout,
+            "client_header_timeout",
+            base.client_header_timeout,
+        ),
+        client_body_timeout: c.duration(
+            keys.client_body_timeout,
+            "client_body_timeout",
+            base.client_body_timeout,
+        ),
+        keepalive_timeout: c.duration(
+            keys.keepalive_timeout,
+            "keepalive_timeout",
+            base.keepalive_timeout,
+        ),
+        keepalive_requests: c.number(
+            keys.keepalive_requests,
+            "keepalive_requests",
+            base.keepalive_requests,
+            1,
+            u64::MAX,
+        ),
+        max_header_size: header_size(c, keys.max_header_size, base.max_header_size),
     }
 }
 
@@ -708,37 +730,18 @@ fn compile_server(
         }
     }
 
-    let h = ctx.http_limits;
-    let limits = Limits {
-        client_max_body_size: c.size(
-            s.client_max_body_size.as_ref(),
-            "client_max_body_size",
-            h.client_max_body_size,
-        ),
-        client_header_timeout: c.duration(
-            s.client_header_timeout.as_ref(),
-            "client_header_timeout",
-            h.client_header_timeout,
-        ),
-        client_body_timeout: c.duration(
-            s.client_body_timeout.as_ref(),
-            "client_body_timeout",
-            h.client_body_timeout,
-        ),
-        keepalive_timeout: c.duration(
-            s.keepalive_timeout.as_ref(),
-            "keepalive_timeout",
-            h.keepalive_timeout,
-        ),
-        keepalive_requests: c.number(
-            s.keepalive_requests.as_ref(),
-            "keepalive_requests",
-            h.keepalive_requests,
-            1,
-            u64::MAX,
-        ),
-        max_header_size: header_size(c, s.max_header_size.as_ref(), h.max_header_size),
-    };
+    let limits = resolve_limits(
+        c,
+        LimitKeys {
+            client_max_body_size: s.client_max_body_size.as_ref(),
+            client_header_timeout: s.client_header_timeout.as_ref(),
+            client_body_timeout: s.client_body_timeout.as_ref(),
+            keepalive_timeout: s.keepalive_timeout.as_ref(),
+            keepalive_requests: s.keepalive_requests.as_ref(),
+            max_header_size: s.max_header_size.as_ref(),
+        },
+        ctx.http_limits,
+    );
     let headers = header_rules(
         c,
         ctx.http_headers,

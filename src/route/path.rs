@@ -110,6 +110,10 @@ pub const PATH_ESCAPE: &AsciiSet = &CONTROLS
     .add(b'\\')
     .add(b'^');
 
+/// What a regex group must not carry raw into a redirect's Location: as
+/// [`PATH_ESCAPE`], but a `?` stays (it may start the URL's arguments).
+pub const REDIRECT_ESCAPE: &AsciiSet = &PATH_ESCAPE.remove(b'?');
+
 /// Append `path` percent-encoded where it must be.
 pub fn encode_path_into(path: &[u8], out: &mut Vec<u8>) {
     for chunk in percent_encoding::percent_encode(path, PATH_ESCAPE) {

@@ -124,7 +124,7 @@ impl VarContext<'_> {
     fn write_capture(&self, value: Option<&[u8]>, out: &mut Vec<u8>) {
         let Some(v) = value else { return };
         if self.escape_captures {
-            for chunk in percent_encoding::percent_encode(v, REDIRECT_ESCAPE) {
+            for chunk in percent_encoding::percent_encode(v, super::path::REDIRECT_ESCAPE) {
                 out.extend_from_slice(chunk.as_bytes());
             }
         } else {
@@ -132,19 +132,6 @@ impl VarContext<'_> {
         }
     }
 }
-
-/// What a group must not carry raw into a Location: controls, space,
-/// non-ASCII and the characters that would end or change the URL.
-const REDIRECT_ESCAPE: &percent_encoding::AsciiSet = &percent_encoding::CONTROLS
-    .add(b' ')
-    .add(b'"')
-    .add(b'#')
-    .add(b'%')
-    .add(b'<')
-    .add(b'>')
-    .add(b'`')
-    .add(b'{')
-    .add(b'}');
 
 /// The value of the first argument `name` (compared case-insensitively, as nginx).
 pub fn find_arg<'a>(args: &'a [u8], name: &str) -> Option<&'a [u8]> {

@@ -10,13 +10,18 @@
 //!   client limits, and the per-request handler.
 //! - [`route`]: pure routing (server, location, rewrites, action) shared by
 //!   serving and `ginx explain`.
+//! - [`balance`]: the six balancers over peers whose state outlives a reload.
+//! - [`forward`]: proxying to the chosen peer: pooled connections, header
+//!   rules, streaming bodies, retries, timeouts.
 //! - [`explain`]: the `ginx explain` report.
 //!
 //! Forwarding to upstreams, reload, TLS and the admin endpoint are added
 //! beside these, one module each.
 
+pub mod balance;
 pub mod compile;
 pub mod config;
 pub mod explain;
+pub mod forward;
 pub mod route;
 pub mod serve;

@@ -6,7 +6,6 @@ use ginx::config::error::display_path;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
-use std::sync::Arc;
 
 #[derive(Parser)]
 #[command(
@@ -259,6 +258,7 @@ async fn reload(running: &ginx::serve::Running, path: &Path) {
             let old: Vec<SocketAddr> = running
                 .shared
                 .current()
+                .config
                 .listeners
                 .iter()
                 .map(|l| l.addr)
@@ -269,7 +269,7 @@ async fn reload(running: &ginx::serve::Running, path: &Path) {
                     "listen addresses changed: this version applies them on restart only"
                 );
             }
-            running.shared.config.store(Arc::new(config));
+            running.shared.install(config);
             tracing::info!("configuration reloaded");
         }
         Err(errors) => {

@@ -290,6 +290,28 @@ pub fn compile(loaded: Loaded) -> Result<Config, ConfigErrors> {
             servers.push(compile_server(&mut c, raw_server, &ctx));
         }
     }
+    // A literal `proxy_pass: http://host:port` is an implicit group of one
+    // server, named by its address, as nginx makes one.
+    for (server, _, _) in &servers {
+        for location in &server.locations {
+            if let Action::Proxy(ProxyPass {
+                target: ProxyTarget::Address(addr),
+                ..
+            }) = &location.action
+            {
+                if upstreams.iter().any(|u| *u.name == **addr) {
+                    continue;
+                }
+                if let Ok(resolved) = upstream::resolve(addr) {
+                    upstreams.push(Arc::new(Upstream::implicit(
+                        addr,
+                        resolved,
+                        location.origin.clone(),
+                    )));
+                }
+            }
+        }
+    }
     let listeners = build_listeners(&servers, &mut errors, &mut warnings);
 
     if listeners.iter().any(|l| l.tls) {

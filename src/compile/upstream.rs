@@ -116,6 +116,47 @@ pub struct Upstream {
     pub health_check: Option<HealthCheck>,
 }
 
+impl Upstream {
+    /// The group behind a literal `proxy_pass: http://host:port`: one server
+    /// with every default, as nginx makes an implicit upstream.
+    pub fn implicit(addr: &str, resolved: Vec<SocketAddr>, origin: Origin) -> Upstream {
+        Upstream {
+            name: Arc::from(addr),
+            origin: origin.clone(),
+            balance: Balance::RoundRobin,
+            hash_key: None,
+            servers: vec![UpstreamServer {
+                addr: Arc::from(addr),
+                resolved,
+                weight: 1,
+                max_fails: 1,
+                fail_timeout: Duration::from_secs(10),
+                max_conns: 0,
+                backup: false,
+                down: false,
+                origin,
+            }],
+            keepalive: 32,
+            keepalive_timeout: Duration::from_secs(60),
+            connect_timeout: Duration::from_secs(5),
+            read_timeout: Duration::from_secs(60),
+            send_timeout: Duration::from_secs(60),
+            next_upstream: NextUpstream {
+                error: true,
+                timeout: true,
+                ..Default::default()
+            },
+            next_upstream_tries: 0,
+            protocol: Protocol::Http1,
+            tls: UpstreamTls {
+                verify: true,
+                ..Default::default()
+            },
+            health_check: None,
+        }
+    }
+}
+
 /// Resolve `host:port` now (load time), as nginx does for names in `server`.
 pub fn resolve(addr: &str) -> Result<Vec<SocketAddr>, String> {
     if let Ok(a) = addr.parse::<SocketAddr>() {

@@ -13,9 +13,9 @@ use crate::compile::actions::{ProxyPass, RewriteFlag};
 use crate::compile::locations::{CaptureValues, Found, LocationKind};
 use crate::compile::{access_allows, Action, Listener, Location, Server};
 use http::{HeaderMap, Method, StatusCode, Uri, Version};
-use std::cell::OnceCell;
 use std::net::SocketAddr;
 use std::sync::Arc;
+use std::sync::OnceLock;
 use vars::VarContext;
 
 /// The parts of a request that routing reads.
@@ -89,7 +89,7 @@ pub struct RouteVars {
     pub rewritten: bool,
     /// `rewrite ... break` ran: a proxy_pass URI part is ignored (as nginx).
     pub after_break: bool,
-    pub request_id: OnceCell<String>,
+    pub request_id: OnceLock<String>,
 }
 
 impl<'c> Routed<'c> {

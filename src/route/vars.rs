@@ -4,8 +4,8 @@ use super::RequestInfo;
 use crate::compile::locations::CaptureValues;
 use crate::compile::template::{Part, Template, Var};
 use crate::compile::Server;
-use std::cell::OnceCell;
 use std::io::Write;
+use std::sync::OnceLock;
 
 /// Everything a variable can be read from, for one request at one point of routing.
 pub struct VarContext<'a> {
@@ -18,7 +18,7 @@ pub struct VarContext<'a> {
     pub args: &'a [u8],
     pub captures: &'a CaptureValues,
     pub proxy_host: Option<&'a str>,
-    pub request_id: &'a OnceCell<String>,
+    pub request_id: &'a OnceLock<String>,
     /// Percent-escape regex groups (they come from the decoded path) where
     /// the result is a URL for a redirect, as nginx does.
     pub escape_captures: bool,

@@ -10,7 +10,9 @@ pub mod body;
 pub mod conn;
 pub mod respond;
 
+use crate::balance::PeerRegistry;
 use crate::compile::Config;
+use crate::forward::{self, ClientRegistry, UpstreamReport, UpstreamRuntime};
 use crate::route::{self, Outcome, RequestInfo};
 use arc_swap::ArcSwap;
 use body::ResponseBody;
@@ -27,16 +29,34 @@ use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{watch, Semaphore};
 use tokio::task::JoinHandle;
 
+/// One configuration with its run-time upstream side: what a request uses,
+/// start to end.
+pub struct Generation {
+    pub config: Config,
+    pub upstreams: Vec<UpstreamRuntime>,
+}
+
 /// State shared by every connection of a running gateway.
 pub struct Shared {
-    pub config: ArcSwap<Config>,
+    current: ArcSwap<Generation>,
+    peers: PeerRegistry,
+    clients: ClientRegistry,
     connections: Arc<Semaphore>,
     max_connections: usize,
 }
 
 impl Shared {
-    pub fn current(&self) -> Arc<Config> {
-        self.config.load_full()
+    /// The generation in force: a request loads it once and keeps it.
+    pub fn current(&self) -> Arc<Generation> {
+        self.current.load_full()
+    }
+
+    /// Put a new configuration in force in one atomic store. Balancer state
+    /// and pooled connections of upstream servers it keeps are carried over.
+    pub fn install(&self, config: Config) {
+        let upstreams = self.clients.runtimes(&config, &self.peers);
+        self.current
+            .store(Arc::new(Generation { config, upstreams }));
     }
 }
 
@@ -71,8 +91,13 @@ impl Running {
 pub async fn start(config: Config, prebound: Vec<std::net::TcpListener>) -> io::Result<Running> {
     let max_connections = config.settings.max_connections;
     let addrs = addresses_to_bind(&config);
+    let peers = PeerRegistry::default();
+    let clients = ClientRegistry::default();
+    let upstreams = clients.runtimes(&config, &peers);
     let shared = Arc::new(Shared {
-        config: ArcSwap::from_pointee(config),
+        current: ArcSwap::from_pointee(Generation { config, upstreams }),
+        peers,
+        clients,
         connections: Arc::new(Semaphore::new(max_connections)),
         max_connections,
     });
@@ -194,7 +219,8 @@ async fn serve_connection(
     let _ = stream.set_nodelay(true);
     // Connection-level settings are read once, from the configuration current
     // at accept time; a reload applies to new connections.
-    let config = shared.current();
+    let generation = shared.current();
+    let config = &generation.config;
     let Some(listener) = config.listener_for(local) else {
         return;
     };
@@ -205,7 +231,7 @@ async fn serve_connection(
     };
     let http2 = listener.http2;
     let state = ConnState::new(config.settings.server_tokens);
-    drop(config);
+    drop(generation);
 
     let info = ConnInfo {
         local,
@@ -217,7 +243,7 @@ async fn serve_connection(
         let shared = shared.clone();
         let state = state.clone();
         hyper::service::service_fn(move |req| {
-            std::future::ready(handle_request(&shared, &state, info, req))
+            handle_request(shared.clone(), state.clone(), info, req)
         })
     };
 
@@ -288,18 +314,19 @@ impl std::fmt::Display for CloseWithoutAnswer {
 
 impl std::error::Error for CloseWithoutAnswer {}
 
-/// One request, start to end, on the configuration current when it arrived.
-fn handle_request(
-    shared: &Shared,
-    state: &Arc<ConnState>,
+/// One request, start to end, on the generation current when it arrived.
+async fn handle_request(
+    shared: Arc<Shared>,
+    state: Arc<ConnState>,
     info: ConnInfo,
     req: Request<Incoming>,
 ) -> Result<Response<ResponseBody>, CloseWithoutAnswer> {
     let request_number = state.request_started();
-    let config = shared.current();
-    match respond_on(&config, info, &req, request_number) {
+    let generation = shared.current();
+    let (parts, body) = req.into_parts();
+    match respond(&generation, info, &parts, body, request_number).await {
         Some(mut response) => {
-            response.body_mut().finish_on_drop(state.clone());
+            response.body_mut().finish_on_drop(state);
             Ok(response)
         }
         None => {
@@ -310,14 +337,16 @@ fn handle_request(
 }
 
 /// The response for a request, or None to close the connection without one.
-fn respond_on(
-    config: &Config,
-    info: ConnInfo,
-    req: &Request<Incoming>,
+async fn respond(
+    generation: &Generation,
+    conn: ConnInfo,
+    parts: &http::request::Parts,
+    body: Incoming,
     request_number: u64,
 ) -> Option<Response<ResponseBody>> {
+    let config = &generation.config;
     let settings = &config.settings;
-    let Some(listener) = config.listener_for(info.local) else {
+    let Some(listener) = config.listener_for(conn.local) else {
         // The address was removed by a reload while this connection was open.
         let mut r = respond::page(
             http::StatusCode::SERVICE_UNAVAILABLE,
@@ -328,32 +357,42 @@ fn respond_on(
     };
     let close = request_number >= listener.limits.keepalive_requests;
     let info = RequestInfo {
-        method: req.method(),
-        uri: req.uri(),
-        headers: req.headers(),
-        version: req.version(),
-        local: info.local,
-        remote: info.remote,
-        tls: info.tls,
+        method: &parts.method,
+        uri: &parts.uri,
+        headers: &parts.headers,
+        version: parts.version,
+        local: conn.local,
+        remote: conn.remote,
+        tls: conn.tls,
     };
     let routed = route::route(listener, &info, None);
-    if routed.outcome == Outcome::Close {
-        return None;
-    }
-    let mut response = respond::outcome_response(&routed.outcome, settings);
-    match &routed.outcome {
-        Outcome::Error { status, reason } => {
-            tracing::info!(status = status.as_u16(), reason, uri = %req.uri(), client = %info.remote, "request answered by ginx");
-        }
+    let mut response = match &routed.outcome {
+        Outcome::Close => return None,
         Outcome::Proxy { uri } => {
-            tracing::error!(
-                upstream = routed.proxy_pass().map(|p| p.proxy_host()),
-                uri = %String::from_utf8_lossy(uri),
-                "502: forwarding to upstreams is not available in this version yet"
-            );
+            let mut report = UpstreamReport::default();
+            match forward::forward(
+                &generation.upstreams,
+                &routed,
+                &info,
+                body,
+                uri,
+                &mut report,
+            )
+            .await
+            {
+                Ok(response) => response,
+                Err(e) => {
+                    tracing::info!(status = e.status.as_u16(), reason = %e.reason, uri = %parts.uri, client = %conn.remote, "request answered by ginx");
+                    respond::page(e.status, settings.server_tokens)
+                }
+            }
         }
-        _ => {}
-    }
+        Outcome::Error { status, reason } => {
+            tracing::info!(status = status.as_u16(), reason, uri = %parts.uri, client = %conn.remote, "request answered by ginx");
+            respond::outcome_response(&routed.outcome, settings)
+        }
+        _ => respond::outcome_response(&routed.outcome, settings),
+    };
     let rules = routed
         .location
         .map(|l| &l.headers)

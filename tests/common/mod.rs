@@ -173,3 +173,145 @@ pub async fn answer(addr: SocketAddr, host: &str, target: &str) -> (u16, String)
 pub fn ginx_bin() -> PathBuf {
     PathBuf::from(env!("CARGO_BIN_EXE_ginx"))
 }
+
+/// An upstream started in-process: a small hyper HTTP/1.1 server that
+/// answers with what it received, so tests can see exactly what ginx sent.
+pub struct Upstream {
+    pub addr: SocketAddr,
+    pub hits: std::sync::Arc<std::sync::atomic::AtomicUsize>,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl Upstream {
+    /// Stop accepting and drop every connection: later connects are refused.
+    pub fn kill(&self) {
+        self.task.abort();
+    }
+    pub fn hits(&self) -> usize {
+        self.hits.load(std::sync::atomic::Ordering::SeqCst)
+    }
+}
+
+/// Paths understood: `/slow/MS...` waits MS milliseconds; `/status/CODE...`
+/// answers CODE; `/big/N` sends N bytes; anything else echoes. The body is
+/// "NAME\nMETHOD URI\nheader: value\n...\n\nREQUEST BODY".
+pub async fn upstream(name: &'static str) -> Upstream {
+    upstream_on(name, std::net::TcpListener::bind("127.0.0.1:0").unwrap()).await
+}
+
+pub async fn upstream_on(name: &'static str, listener: std::net::TcpListener) -> Upstream {
+    use http_body_util::BodyExt;
+    listener.set_nonblocking(true).unwrap();
+    let listener = tokio::net::TcpListener::from_std(listener).unwrap();
+    let addr = listener.local_addr().unwrap();
+    let hits = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let counter = hits.clone();
+    let task = tokio::spawn(async move {
+        let mut connections = tokio::task::JoinSet::new();
+        loop {
+            let Ok((stream, _)) = listener.accept().await else {
+                continue;
+            };
+            let counter = counter.clone();
+            connections.spawn(async move {
+                let service =
+                    hyper::service::service_fn(move |req: http::Request<hyper::body::Incoming>| {
+                        let counter = counter.clone();
+                        async move {
+                            counter.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+                            let path = req.uri().path().to_string();
+                            let mut text = format!("{name}\n{} {}\n", req.method(), req.uri());
+                            for (k, v) in req.headers() {
+                                text.push_str(&format!("{k}: {}\n", v.to_str().unwrap_or("?")));
+                            }
+                            let mut status = 200;
+                            if let Some(ms) = path
+                                .strip_prefix("/slow/")
+                                .and_then(|r| r.split('/').next())
+                                .and_then(|m| m.parse().ok())
+                            {
+                                tokio::time::sleep(Duration::from_millis(ms)).await;
+                            }
+                            if let Some(code) = path
+                                .strip_prefix("/status/")
+                                .and_then(|r| r.split('/').next())
+                                .and_then(|c| c.parse().ok())
+                            {
+                                status = code;
+                            }
+                            let body = req
+                                .into_body()
+                                .collect()
+                                .await
+                                .map(|c| c.to_bytes())
+                                .unwrap_or_default();
+                            let bytes = if let Some(n) = path
+                                .strip_prefix("/big/")
+                                .and_then(|n| n.parse::<usize>().ok())
+                            {
+                                bytes::Bytes::from(vec![b'x'; n])
+                            } else {
+                                text.push('\n');
+                                let mut all = text.into_bytes();
+                                all.extend_from_slice(&body);
+                                bytes::Bytes::from(all)
+                            };
+                            let mut resp = http::Response::new(http_body_util::Full::new(bytes));
+                            *resp.status_mut() = http::StatusCode::from_u16(status).unwrap();
+                            resp.headers_mut()
+                                .insert("server", http::HeaderValue::from_static("test-upstream"));
+                            resp.headers_mut()
+                                .insert("x-powered-by", http::HeaderValue::from_static("tests"));
+                            Ok::<_, std::convert::Infallible>(resp)
+                        }
+                    });
+                let _ = hyper::server::conn::http1::Builder::new()
+                    .serve_connection(hyper_util::rt::TokioIo::new(stream), service)
+                    .await;
+            });
+        }
+    });
+    Upstream { addr, hits, task }
+}
+
+/// An upstream that reads a request and closes the connection without
+/// answering (a reset as the client sees it). Counts what it read.
+pub async fn resetting_upstream() -> Upstream {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let hits = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let counter = hits.clone();
+    let task = tokio::spawn(async move {
+        loop {
+            let Ok((mut stream, _)) = listener.accept().await else {
+                continue;
+            };
+            let mut buf = vec![0u8; 65536];
+            let n = tokio::time::timeout(IO_LIMIT, stream.read(&mut buf))
+                .await
+                .ok()
+                .and_then(Result::ok)
+                .unwrap_or(0);
+            if n > 0 {
+                counter.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+            }
+            let _ = stream.set_linger(Some(Duration::ZERO));
+            drop(stream);
+        }
+    });
+    Upstream { addr, hits, task }
+}
+
+/// Send one request with a body and `Connection: close`, parsed.
+pub async fn send(addr: SocketAddr, method: &str, host: &str, target: &str, body: &[u8]) -> Resp {
+    let mut req = format!("{method} {target} HTTP/1.1\r\nHost: {host}\r\nConnection: close\r\nContent-Length: {}\r\n\r\n", body.len()).into_bytes();
+    req.extend_from_slice(body);
+    let bytes = raw(addr, &req).await;
+    let mut all = parse_responses(&bytes);
+    assert_eq!(
+        all.len(),
+        1,
+        "expected one response to {method} {target}, got {all:?}"
+    );
+    all.remove(0)
+}

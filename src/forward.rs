@@ -1,0 +1,711 @@
+//! Forwarding a request to its upstream group: pick a peer with the group's
+//! balancer, send the request over a pooled keep-alive connection with the
+//! spec's header rules, stream both bodies with backpressure, and on failure
+//! go on to the next peer as `next_upstream` allows, never to one already
+//! tried and never re-sending a non-idempotent request unless told to.
+//!
+//! Request bodies up to [`REPLAYABLE_BODY`] bytes with a Content-Length are
+//! read first, so that a failed attempt can be repeated on another peer (as
+//! nginx buffers bodies); larger and chunked bodies stream through in one
+//! attempt.
+
+use crate::balance::{Balancer, PeerRegistry, PeerState, PickInput};
+use crate::compile::upstream::{Balance, NextUpstream, Protocol};
+use crate::compile::{Config, Location, Upstream};
+use crate::route::{RequestInfo, Routed};
+use bytes::Bytes;
+use http::header::{self, HeaderMap, HeaderName, HeaderValue};
+use http::{Method, Request, Response, StatusCode, Uri};
+use http_body::{Body, Frame, SizeHint};
+use http_body_util::BodyExt;
+use hyper::body::Incoming;
+use hyper_util::client::legacy::connect::HttpConnector;
+use hyper_util::client::legacy::Client;
+use hyper_util::rt::TokioExecutor;
+use std::collections::HashMap;
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering::Relaxed};
+use std::sync::{Arc, Mutex};
+use std::task::{Context, Poll};
+use std::time::{Duration, Instant};
+use tokio::time::Sleep;
+
+pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
+
+/// Bodies this size or smaller (with a Content-Length) are read before the
+/// first attempt, so that a retry can send them again.
+pub const REPLAYABLE_BODY: u64 = 64 * 1024;
+
+pub type UpstreamClient = Client<HttpConnector, RequestBody>;
+
+/// What forwarding needs of one upstream group at run time.
+pub struct UpstreamRuntime {
+    pub upstream: Arc<Upstream>,
+    pub balancer: Arc<Balancer>,
+    pub client: UpstreamClient,
+}
+
+/// Pools (clients) by upstream name and the settings that shape them, so a
+/// reload that keeps a group keeps its open connections.
+#[derive(Default)]
+pub struct ClientRegistry {
+    clients: Mutex<HashMap<ClientKey, UpstreamClient>>,
+}
+
+type ClientKey = (Arc<str>, usize, Duration, Duration, bool);
+
+impl ClientRegistry {
+    fn client_for(
+        &self,
+        u: &Upstream,
+        kept: &mut HashMap<ClientKey, UpstreamClient>,
+    ) -> UpstreamClient {
+        let key = (
+            u.name.clone(),
+            u.keepalive,
+            u.keepalive_timeout,
+            u.connect_timeout,
+            u.protocol == Protocol::Http2,
+        );
+        let clients = self.clients.lock().unwrap_or_else(|e| e.into_inner());
+        let client = clients.get(&key).cloned().unwrap_or_else(|| {
+            let mut connector = HttpConnector::new();
+            connector.set_connect_timeout(Some(u.connect_timeout));
+            connector.set_nodelay(true);
+            Client::builder(TokioExecutor::new())
+                .pool_max_idle_per_host(u.keepalive)
+                .pool_idle_timeout(u.keepalive_timeout)
+                .pool_timer(hyper_util::rt::TokioTimer::new())
+                .http2_only(u.protocol == Protocol::Http2)
+                .build(connector)
+        });
+        kept.insert(key, client.clone());
+        client
+    }
+
+    /// The run-time side of every upstream of `config`; peer state and pools
+    /// of groups that were there before are carried over.
+    pub fn runtimes(&self, config: &Config, peers: &PeerRegistry) -> Vec<UpstreamRuntime> {
+        let balancers = peers.build(&config.upstreams);
+        let mut kept = HashMap::new();
+        let runtimes = config
+            .upstreams
+            .iter()
+            .zip(balancers)
+            .map(|(u, balancer)| UpstreamRuntime {
+                upstream: u.clone(),
+                balancer,
+                client: self.client_for(u, &mut kept),
+            })
+            .collect();
+        *self.clients.lock().unwrap_or_else(|e| e.into_inner()) = kept;
+        runtimes
+    }
+}
+
+/// Why a request could not be forwarded: the status ginx answers and why.
+#[derive(Debug)]
+pub struct ForwardError {
+    pub status: StatusCode,
+    pub reason: String,
+}
+
+impl ForwardError {
+    fn new(status: StatusCode, reason: impl Into<String>) -> Self {
+        ForwardError {
+            status,
+            reason: reason.into(),
+        }
+    }
+}
+
+/// What the access log and the response need to know of the attempt that answered.
+#[derive(Debug, Default, Clone)]
+pub struct UpstreamReport {
+    pub addr: Option<std::net::SocketAddr>,
+    pub status: Option<u16>,
+    pub response_time: Option<Duration>,
+    pub attempts: u32,
+}
+
+/// Forward one request. `upstream_uri` is the path and query to send.
+pub async fn forward(
+    runtimes: &[UpstreamRuntime],
+    routed: &Routed<'_>,
+    info: &RequestInfo<'_>,
+    body: Incoming,
+    upstream_uri: &[u8],
+    report: &mut UpstreamReport,
+) -> Result<Response<crate::serve::body::ResponseBody>, ForwardError> {
+    let (Some(location), Some(pass)) = (routed.location, routed.proxy_pass()) else {
+        return Err(ForwardError::new(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            "not a proxying location",
+        ));
+    };
+    let Some(rt) = runtimes
+        .iter()
+        .find(|r| *r.upstream.name == *pass.proxy_host())
+    else {
+        return Err(ForwardError::new(
+            StatusCode::BAD_GATEWAY,
+            format!("no upstream {:?} in this configuration", pass.proxy_host()),
+        ));
+    };
+    let upstream = &rt.upstream;
+    let read_timeout = location.proxy_read_timeout.unwrap_or(upstream.read_timeout);
+    let send_timeout = location.proxy_send_timeout.unwrap_or(upstream.send_timeout);
+
+    let mut body = read_request_body(info, location, body).await?;
+    let headers = upstream_headers(info, routed, location);
+    let path_and_query = std::str::from_utf8(upstream_uri).unwrap_or("/");
+    let hash_key = match (&upstream.balance, &upstream.hash_key) {
+        (Balance::Hash, Some(t)) => routed.var_context(info).expand(t),
+        _ => Vec::new(),
+    };
+    let idempotent = is_idempotent(info.method);
+    let peers = rt.balancer.peers.len();
+    let max_tries = match upstream.next_upstream_tries {
+        0 => peers,
+        n => n.min(peers),
+    }
+    .max(1);
+
+    let mut tried: Vec<usize> = Vec::with_capacity(2);
+    let mut last_error: Option<ForwardError> = None;
+    while tried.len() < max_tries {
+        let Some(i) = rt.balancer.pick(&PickInput {
+            client: info.remote.ip(),
+            hash_key: &hash_key,
+            tried: &tried,
+        }) else {
+            break;
+        };
+        tried.push(i);
+        let peer = &rt.balancer.peers[i];
+        report.addr = Some(peer.addr);
+        report.attempts += 1;
+        let uri: Uri = match format!("http://{}{}", peer.addr, path_and_query).parse() {
+            Ok(u) => u,
+            Err(e) => {
+                return Err(ForwardError::new(
+                    StatusCode::BAD_REQUEST,
+                    format!("cannot build the upstream URI: {e}"),
+                ))
+            }
+        };
+        let (attempt_body, progress) = body.for_attempt();
+        let mut request = Request::new(attempt_body);
+        *request.method_mut() = info.method.clone();
+        *request.uri_mut() = uri;
+        *request.headers_mut() = headers.clone();
+
+        let in_flight = InFlight::new(&peer.state);
+        let started = Instant::now();
+        let result = send(
+            &rt.client,
+            request,
+            progress.as_deref(),
+            send_timeout,
+            read_timeout,
+        )
+        .await;
+        report.response_time = Some(started.elapsed());
+        let retry_body_ok = body.replayable();
+        match result {
+            Ok(response) => {
+                let status = response.status();
+                report.status = Some(status.as_u16());
+                if status_listed(&upstream.next_upstream, status) {
+                    peer.record_failure();
+                    let may_retry =
+                        retry_body_ok && (idempotent || upstream.next_upstream.non_idempotent);
+                    if may_retry && tried.len() < max_tries {
+                        tracing::warn!(upstream = %upstream.name, peer = %peer.addr, status = status.as_u16(), "upstream answered a status listed in next_upstream; trying the next server");
+                        continue;
+                    }
+                } else {
+                    peer.record_success();
+                }
+                return Ok(downstream_response(
+                    response,
+                    location,
+                    read_timeout,
+                    in_flight,
+                ));
+            }
+            Err(failure) => {
+                if body.limit_exceeded() {
+                    return Err(ForwardError::new(
+                        StatusCode::PAYLOAD_TOO_LARGE,
+                        "request body over client_max_body_size",
+                    ));
+                }
+                if let Some(e) = body.client_error() {
+                    return Err(e);
+                }
+                peer.record_failure();
+                let listed = match failure.kind {
+                    FailureKind::Timeout => upstream.next_upstream.timeout,
+                    FailureKind::NotSent | FailureKind::Error => upstream.next_upstream.error,
+                };
+                let resend_ok = failure.kind == FailureKind::NotSent
+                    || idempotent
+                    || upstream.next_upstream.non_idempotent;
+                tracing::error!(
+                    upstream = %upstream.name,
+                    peer = %peer.addr,
+                    attempt = tried.len(),
+                    "upstream failed: {}", failure.reason
+                );
+                let status = if failure.kind == FailureKind::Timeout {
+                    StatusCode::GATEWAY_TIMEOUT
+                } else {
+                    StatusCode::BAD_GATEWAY
+                };
+                last_error = Some(ForwardError::new(
+                    status,
+                    format!("{} {}", peer.addr, failure.reason),
+                ));
+                if !(listed && resend_ok && retry_body_ok) {
+                    break;
+                }
+            }
+        }
+    }
+    Err(last_error.unwrap_or_else(|| {
+        ForwardError::new(
+            StatusCode::BAD_GATEWAY,
+            format!("no live upstream server in {:?}", upstream.name),
+        )
+    }))
+}
+
+fn status_listed(next: &NextUpstream, status: StatusCode) -> bool {
+    match status.as_u16() {
+        500 => next.http_500,
+        502 => next.http_502,
+        503 => next.http_503,
+        504 => next.http_504,
+        429 => next.http_429,
+        _ => false,
+    }
+}
+
+/// Counts a request in flight on a peer until dropped (with the response body).
+pub struct InFlight(Arc<PeerState>);
+
+impl InFlight {
+    fn new(state: &Arc<PeerState>) -> Self {
+        state.in_flight.fetch_add(1, Relaxed);
+        InFlight(state.clone())
+    }
+}
+
+impl Drop for InFlight {
+    fn drop(&mut self) {
+        self.0.in_flight.fetch_sub(1, Relaxed);
+    }
+}
+
+#[derive(Debug, PartialEq, Eq)]
+enum FailureKind {
+    /// The connection could not be made: nothing was sent.
+    NotSent,
+    Timeout,
+    Error,
+}
+
+struct Failure {
+    kind: FailureKind,
+    reason: String,
+}
+
+/// Send and wait for the response head. While a streamed body is still
+/// going up, `send_timeout` bounds each pause in it; once it is sent (or when
+/// there is none), `read_timeout` bounds the wait for the head.
+async fn send(
+    client: &UpstreamClient,
+    request: Request<RequestBody>,
+    progress: Option<&BodyProgress>,
+    send_timeout: Duration,
+    read_timeout: Duration,
+) -> Result<Response<Incoming>, Failure> {
+    let response = client.request(request);
+    tokio::pin!(response);
+    let start = Instant::now();
+    loop {
+        let deadline = match progress {
+            Some(p) if !p.done.load(Relaxed) => p.last_activity(start) + send_timeout,
+            Some(p) => p.last_activity(start) + read_timeout,
+            None => start + read_timeout,
+        };
+        tokio::select! {
+            result = &mut response => {
+                return result.map_err(|e| {
+                    let kind = if e.is_connect() { FailureKind::NotSent } else { FailureKind::Error };
+                    Failure { kind, reason: describe_client_error(&e) }
+                });
+            }
+            _ = tokio::time::sleep_until(deadline.into()) => {
+                if Instant::now() >= deadline {
+                    let sending = progress.is_some_and(|p| !p.done.load(Relaxed));
+                    let what = if sending { "send_timeout while sending the request body" } else { "read_timeout waiting for the response head" };
+                    return Err(Failure { kind: FailureKind::Timeout, reason: what.to_string() });
+                }
+            }
+        }
+    }
+}
+
+/// The error chain in one line: "connection refused", "connection reset", ...
+fn describe_client_error(e: &hyper_util::client::legacy::Error) -> String {
+    let mut parts = vec![e.to_string()];
+    let mut source = std::error::Error::source(e);
+    while let Some(s) = source {
+        parts.push(s.to_string());
+        source = s.source();
+    }
+    parts.dedup();
+    parts.join(": ")
+}
+
+/// Hop-by-hop headers (RFC 9110 §7.6.1), never forwarded in either direction.
+const HOP_BY_HOP: [HeaderName; 7] = [
+    header::CONNECTION,
+    HeaderName::from_static("keep-alive"),
+    HeaderName::from_static("proxy-connection"),
+    header::TE,
+    header::TRAILER,
+    header::TRANSFER_ENCODING,
+    header::UPGRADE,
+];
+
+/// Remove hop-by-hop headers and every header that Connection names.
+pub fn strip_hop_by_hop(headers: &mut HeaderMap) {
+    let named: Vec<HeaderName> = headers
+        .get_all(header::CONNECTION)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(','))
+        .filter_map(|t| HeaderName::from_bytes(t.trim().as_bytes()).ok())
+        .collect();
+    for name in named.iter().chain(HOP_BY_HOP.iter()) {
+        headers.remove(name);
+    }
+}
+
+static X_FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for");
+static X_FORWARDED_PROTO: HeaderName = HeaderName::from_static("x-forwarded-proto");
+static X_FORWARDED_HOST: HeaderName = HeaderName::from_static("x-forwarded-host");
+
+/// The request headers sent upstream: the client's, less hop-by-hop ones;
+/// Host unchanged (from `:authority` for HTTP/2); X-Forwarded-For with the
+/// client appended; X-Forwarded-Proto and -Host; then `proxy_set_header`
+/// ("" removes).
+fn upstream_headers(info: &RequestInfo<'_>, routed: &Routed<'_>, location: &Location) -> HeaderMap {
+    let mut headers = info.headers.clone();
+    strip_hop_by_hop(&mut headers);
+    if !headers.contains_key(header::HOST) {
+        if let Some(v) = info
+            .uri
+            .authority()
+            .and_then(|a| HeaderValue::from_str(a.as_str()).ok())
+        {
+            headers.insert(header::HOST, v);
+        }
+    }
+    let client = info.remote.ip().to_string();
+    let mut xff = Vec::new();
+    for v in info.headers.get_all(&X_FORWARDED_FOR) {
+        xff.extend_from_slice(v.as_bytes());
+        xff.extend_from_slice(b", ");
+    }
+    xff.extend_from_slice(client.as_bytes());
+    if let Ok(v) = HeaderValue::from_bytes(&xff) {
+        headers.insert(X_FORWARDED_FOR.clone(), v);
+    }
+    headers.insert(
+        X_FORWARDED_PROTO.clone(),
+        HeaderValue::from_static(info.scheme()),
+    );
+    if let Some(host) = headers.get(header::HOST).cloned() {
+        headers.insert(X_FORWARDED_HOST.clone(), host);
+    }
+    if !location.headers.proxy_set_header.is_empty() {
+        let ctx = routed.var_context(info);
+        for (name, template) in location.headers.proxy_set_header.iter() {
+            let value = ctx.expand(template);
+            if value.is_empty() {
+                headers.remove(name);
+            } else if let Ok(v) = HeaderValue::from_bytes(&value) {
+                headers.insert(name.clone(), v);
+            }
+        }
+    }
+    headers
+}
+
+/// The upstream's response as the client gets it: hop-by-hop headers,
+/// `proxy_hide_header`, and the upstream's own Server and Date removed (ginx
+/// sets its own, as nginx does); the body streams with `read_timeout` between reads.
+fn downstream_response(
+    response: Response<Incoming>,
+    location: &Location,
+    read_timeout: Duration,
+    in_flight: InFlight,
+) -> Response<crate::serve::body::ResponseBody> {
+    let (mut parts, body) = response.into_parts();
+    strip_hop_by_hop(&mut parts.headers);
+    parts.headers.remove(header::SERVER);
+    parts.headers.remove(header::DATE);
+    for name in location.headers.proxy_hide_header.iter() {
+        parts.headers.remove(name);
+    }
+    let body = crate::serve::body::ResponseBody::upstream(body, read_timeout, in_flight);
+    Response::from_parts(parts, body)
+}
+
+/// How a streamed request body is going, for the send timeout.
+#[derive(Default)]
+pub struct BodyProgress {
+    /// Milliseconds after the attempt started when the last chunk went up (0: none yet).
+    last_ms: AtomicU64,
+    done: AtomicBool,
+    started: std::sync::OnceLock<Instant>,
+}
+
+impl BodyProgress {
+    fn touch(&self) {
+        let start = *self.started.get_or_init(Instant::now);
+        self.last_ms
+            .store(start.elapsed().as_millis() as u64 + 1, Relaxed);
+    }
+    fn last_activity(&self, fallback: Instant) -> Instant {
+        match (self.started.get(), self.last_ms.load(Relaxed)) {
+            (Some(s), ms) if ms > 0 => *s + Duration::from_millis(ms - 1),
+            _ => fallback,
+        }
+    }
+}
+
+/// The client's request body as forwarding holds it.
+enum HeldBody {
+    Empty,
+    /// Read whole: can be sent again on a retry.
+    Buffered(Bytes),
+    /// Streams through once; taken by the first attempt.
+    Streaming(Option<StreamedBody>, Arc<StreamFlags>),
+}
+
+#[derive(Default)]
+struct StreamFlags {
+    over_limit: AtomicBool,
+    client_error: Mutex<Option<String>>,
+}
+
+impl HeldBody {
+    fn replayable(&self) -> bool {
+        !matches!(self, HeldBody::Streaming(..))
+    }
+
+    fn for_attempt(&mut self) -> (RequestBody, Option<Arc<BodyProgress>>) {
+        match self {
+            HeldBody::Empty => (RequestBody::Full(None), None),
+            HeldBody::Buffered(b) => (RequestBody::Full(Some(b.clone())), None),
+            HeldBody::Streaming(s, _) => match s.take() {
+                Some(body) => {
+                    let progress = body.progress.clone();
+                    (RequestBody::Stream(Box::new(body)), Some(progress))
+                }
+                None => (RequestBody::Full(None), None),
+            },
+        }
+    }
+
+    fn limit_exceeded(&self) -> bool {
+        matches!(self, HeldBody::Streaming(_, f) if f.over_limit.load(Relaxed))
+    }
+
+    fn client_error(&self) -> Option<ForwardError> {
+        let HeldBody::Streaming(_, flags) = self else {
+            return None;
+        };
+        let why = flags
+            .client_error
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone()?;
+        let status = if why.contains("timeout") {
+            StatusCode::REQUEST_TIMEOUT
+        } else {
+            StatusCode::BAD_REQUEST
+        };
+        Some(ForwardError::new(status, why))
+    }
+}
+
+/// Decide how to hold the body: 413 at once when Content-Length is over the
+/// limit; read it when small; else stream it.
+async fn read_request_body(
+    info: &RequestInfo<'_>,
+    location: &Location,
+    body: Incoming,
+) -> Result<HeldBody, ForwardError> {
+    let limit = location.client_max_body_size;
+    let length = info
+        .headers
+        .get(header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse::<u64>().ok());
+    if limit > 0 && length.is_some_and(|n| n > limit) {
+        return Err(ForwardError::new(
+            StatusCode::PAYLOAD_TOO_LARGE,
+            "Content-Length over client_max_body_size",
+        ));
+    }
+    if body.is_end_stream() || length == Some(0) {
+        return Ok(HeldBody::Empty);
+    }
+    if length.is_some_and(|n| n <= REPLAYABLE_BODY) {
+        let collected = tokio::time::timeout(location.client_body_timeout, body.collect()).await;
+        return match collected {
+            Ok(Ok(c)) => Ok(HeldBody::Buffered(c.to_bytes())),
+            Ok(Err(e)) => Err(ForwardError::new(
+                StatusCode::BAD_REQUEST,
+                format!("reading the request body: {e}"),
+            )),
+            Err(_) => Err(ForwardError::new(
+                StatusCode::REQUEST_TIMEOUT,
+                "client_body_timeout",
+            )),
+        };
+    }
+    let flags = Arc::new(StreamFlags::default());
+    let streamed = StreamedBody {
+        inner: body,
+        seen: 0,
+        limit: if limit == 0 { u64::MAX } else { limit },
+        idle: location.client_body_timeout,
+        timer: None,
+        progress: Arc::new(BodyProgress::default()),
+        flags: flags.clone(),
+    };
+    Ok(HeldBody::Streaming(Some(streamed), flags))
+}
+
+/// The body sent upstream.
+pub enum RequestBody {
+    Full(Option<Bytes>),
+    Stream(Box<StreamedBody>),
+}
+
+impl Body for RequestBody {
+    type Data = Bytes;
+    type Error = BoxError;
+
+    fn poll_frame(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
+        match self.get_mut() {
+            RequestBody::Full(data) => Poll::Ready(data.take().map(|d| Ok(Frame::data(d)))),
+            RequestBody::Stream(s) => Pin::new(s.as_mut()).poll_frame(cx),
+        }
+    }
+
+    fn is_end_stream(&self) -> bool {
+        match self {
+            RequestBody::Full(d) => d.is_none(),
+            RequestBody::Stream(s) => s.inner.is_end_stream(),
+        }
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        match self {
+            RequestBody::Full(d) => SizeHint::with_exact(d.as_ref().map_or(0, |b| b.len() as u64)),
+            RequestBody::Stream(s) => s.inner.size_hint(),
+        }
+    }
+}
+
+/// The client's body streaming upstream: counted against
+/// client_max_body_size, with client_body_timeout between reads.
+pub struct StreamedBody {
+    inner: Incoming,
+    seen: u64,
+    limit: u64,
+    idle: Duration,
+    timer: Option<Pin<Box<Sleep>>>,
+    progress: Arc<BodyProgress>,
+    flags: Arc<StreamFlags>,
+}
+
+impl StreamedBody {
+    fn fail(&self, why: &str) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
+        *self
+            .flags
+            .client_error
+            .lock()
+            .unwrap_or_else(|e| e.into_inner()) = Some(why.to_string());
+        Poll::Ready(Some(Err(why.to_string().into())))
+    }
+}
+
+impl Body for StreamedBody {
+    type Data = Bytes;
+    type Error = BoxError;
+
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
+        let this = &mut *self;
+        match Pin::new(&mut this.inner).poll_frame(cx) {
+            Poll::Ready(Some(Ok(frame))) => {
+                if let Some(data) = frame.data_ref() {
+                    this.seen += data.len() as u64;
+                    if this.seen > this.limit {
+                        this.flags.over_limit.store(true, Relaxed);
+                        return Poll::Ready(Some(Err(
+                            "request body over client_max_body_size".into()
+                        )));
+                    }
+                }
+                this.timer = None;
+                this.progress.touch();
+                Poll::Ready(Some(Ok(frame)))
+            }
+            Poll::Ready(None) => {
+                this.progress.touch();
+                this.progress.done.store(true, Relaxed);
+                Poll::Ready(None)
+            }
+            Poll::Ready(Some(Err(e))) => this.fail(&format!("reading the request body: {e}")),
+            Poll::Pending => {
+                let idle = this.idle;
+                let timer = this
+                    .timer
+                    .get_or_insert_with(|| Box::pin(tokio::time::sleep(idle)));
+                if timer.as_mut().poll(cx).is_ready() {
+                    return this.fail("client_body_timeout while reading the request body");
+                }
+                Poll::Pending
+            }
+        }
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.inner.is_end_stream()
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        self.inner.size_hint()
+    }
+}
+
+/// nginx's rule: POST, LOCK and PATCH are not idempotent; other methods are.
+pub fn is_idempotent(method: &Method) -> bool {
+    !matches!(method.as_str(), "POST" | "LOCK" | "PATCH")
+}

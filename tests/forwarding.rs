@@ -1,0 +1,381 @@
+//! Forwarding over real sockets to upstreams started in the test: the URI and
+//! header rules, the balancers seen from outside, retries and failures.
+
+mod common;
+use common::{get, resetting_upstream, send, start_one, upstream};
+use std::time::Duration;
+
+fn lines(r: &common::Resp) -> Vec<String> {
+    r.text().lines().map(str::to_string).collect()
+}
+
+fn upstream_header(r: &common::Resp, name: &str) -> Option<String> {
+    let prefix = format!("{name}: ");
+    r.text()
+        .lines()
+        .find_map(|l| l.strip_prefix(&prefix).map(str::to_string))
+}
+
+#[tokio::test]
+async fn uri_rules_and_request_headers() {
+    let up = upstream("a").await;
+    let yaml = r#"
+upstreams:
+  app:
+    servers: ["{UP}"]
+servers:
+  - listen: ["127.0.0.1:{p0}"]
+    server_name: [site.test]
+    locations:
+      - location: /api/
+        proxy_pass: http://app/v2/
+        proxy_set_header: { X-Tenant: "t-$arg_t", User-Agent: "" }
+      - location: /raw/
+        proxy_pass: http://app
+      - location: /rw/
+        rewrite: ["^/rw/(.*)$ /new/$1 break"]
+        proxy_pass: http://app
+      - location: /literal/
+        proxy_pass: http://{UP}
+"#
+    .replace("{UP}", &up.addr.to_string());
+    let gw = start_one(&yaml, 1).await;
+    let a = gw.addr(0);
+
+    // A URI part replaces the matched prefix; arguments are kept.
+    let r = get(a, "site.test", "/api/users?t=7").await;
+    assert_eq!(r.status, 200);
+    assert_eq!(lines(&r)[1], "GET /v2/users?t=7");
+    // No URI part: the client's URI exactly as sent.
+    let r = get(a, "site.test", "/raw/./x/%41?q").await;
+    assert_eq!(lines(&r)[1], "GET /raw/./x/%41?q");
+    // After rewrite ... break: the rewritten URI, encoded, with the arguments.
+    let r = get(a, "site.test", "/rw/a%20b?z=1").await;
+    assert_eq!(lines(&r)[1], "GET /new/a%20b?z=1");
+    // A literal host:port works as an implicit group.
+    assert_eq!(lines(&get(a, "site.test", "/literal/x").await)[0], "a");
+
+    // Headers: Host unchanged (port included), X-Forwarded-*, hop-by-hop removed.
+    let req = format!(
+        "GET /api/h?t=1 HTTP/1.1\r\nHost: site.test:{}\r\nX-Forwarded-For: 10.1.1.1\r\nConnection: close, X-Secret\r\nX-Secret: s\r\nKeep-Alive: 5\r\nUser-Agent: curl\r\n\r\n",
+        gw.ports[0]
+    );
+    let r = common::parse_responses(&common::raw(a, req.as_bytes()).await).remove(0);
+    assert_eq!(
+        upstream_header(&r, "host"),
+        Some(format!("site.test:{}", gw.ports[0]))
+    );
+    assert_eq!(
+        upstream_header(&r, "x-forwarded-for").as_deref(),
+        Some("10.1.1.1, 127.0.0.1")
+    );
+    assert_eq!(
+        upstream_header(&r, "x-forwarded-proto").as_deref(),
+        Some("http")
+    );
+    assert_eq!(
+        upstream_header(&r, "x-forwarded-host"),
+        Some(format!("site.test:{}", gw.ports[0]))
+    );
+    assert_eq!(upstream_header(&r, "x-tenant").as_deref(), Some("t-1"));
+    assert_eq!(
+        upstream_header(&r, "user-agent"),
+        None,
+        "proxy_set_header \"\" removes"
+    );
+    assert_eq!(
+        upstream_header(&r, "x-secret"),
+        None,
+        "a header named by Connection is hop-by-hop"
+    );
+    assert_eq!(upstream_header(&r, "keep-alive"), None);
+    // Response: the upstream's Server is replaced by ginx's.
+    assert_eq!(r.header("server"), Some("ginx"));
+    gw.stop().await;
+}
+
+#[tokio::test]
+async fn response_headers_hide_and_add() {
+    let up = upstream("a").await;
+    let yaml = r#"
+upstreams:
+  app: { servers: ["{UP}"] }
+servers:
+  - listen: ["127.0.0.1:{p0}"]
+    add_header: { X-Server-Level: "yes" }
+    locations:
+      - location: /
+        proxy_pass: http://app
+        proxy_hide_header: [X-Powered-By]
+        add_header: { X-Location-Level: "$upstream_ok" }
+"#
+    .replace("{UP}", &up.addr.to_string())
+    .replace("$upstream_ok", "loc");
+    let gw = start_one(&yaml, 1).await;
+    let r = get(gw.addr(0), "x", "/").await;
+    assert_eq!(r.header("x-powered-by"), None);
+    assert_eq!(r.header("x-location-level"), Some("loc"));
+    assert_eq!(
+        r.header("x-server-level"),
+        None,
+        "a level that sets add_header replaces the inherited map"
+    );
+    gw.stop().await;
+}
+
+async fn balanced(balance: &str, weights: [u32; 3]) -> (common::Gateway, Vec<common::Upstream>) {
+    let ups = vec![
+        upstream("a").await,
+        upstream("b").await,
+        upstream("c").await,
+    ];
+    let servers: Vec<String> = ups
+        .iter()
+        .zip(weights)
+        .map(|(u, w)| format!("{{ addr: \"{}\", weight: {w} }}", u.addr))
+        .collect();
+    let yaml = format!(
+        r#"
+upstreams:
+  app:
+    balance: {balance}
+    hash_key: "$request_uri"
+    servers: [{}]
+servers:
+  - listen: ["127.0.0.1:{{p0}}"]
+    locations:
+      - location: /
+        proxy_pass: http://app
+"#,
+        servers.join(", ")
+    );
+    (start_one(&yaml, 1).await, ups)
+}
+
+#[tokio::test]
+async fn round_robin_is_smooth_and_exact_over_700_requests() {
+    let (gw, _ups) = balanced("round_robin", [5, 1, 1]).await;
+    let mut seq = String::new();
+    for _ in 0..7 {
+        seq.push_str(&lines(&get(gw.addr(0), "x", "/").await)[0]);
+    }
+    assert_eq!(seq, "aabacaa");
+    let mut counts = std::collections::HashMap::new();
+    for _ in 0..693 {
+        *counts
+            .entry(lines(&get(gw.addr(0), "x", "/").await)[0].clone())
+            .or_insert(0) += 1;
+    }
+    assert_eq!(
+        (counts["a"], counts["b"], counts["c"]),
+        (495, 99, 99),
+        "700 in all: 500/100/100"
+    );
+    gw.stop().await;
+}
+
+#[tokio::test]
+async fn hash_keeps_a_key_on_one_server() {
+    let (gw, _ups) = balanced("hash", [1, 1, 1]).await;
+    for k in 0..20 {
+        let path = format!("/item/{k}");
+        let first = lines(&get(gw.addr(0), "x", &path).await)[0].clone();
+        for _ in 0..3 {
+            assert_eq!(lines(&get(gw.addr(0), "x", &path).await)[0], first);
+        }
+    }
+    gw.stop().await;
+}
+
+#[tokio::test]
+async fn least_conn_and_two_choices_avoid_the_busy_server() {
+    for balance in ["least_conn", "two_choices"] {
+        let ups = [upstream("a").await, upstream("b").await];
+        let yaml = format!(
+            r#"
+upstreams:
+  app:
+    balance: {balance}
+    servers: ["{}", "{}"]
+servers:
+  - listen: ["127.0.0.1:{{p0}}"]
+    locations:
+      - location: /
+        proxy_pass: http://app
+"#,
+            ups[0].addr, ups[1].addr
+        );
+        let gw = start_one(&yaml, 1).await;
+        let a = gw.addr(0);
+        // One slow request holds one server...
+        let slow = tokio::spawn(async move { get(a, "x", "/slow/1500").await });
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        // ...and every quick request meanwhile goes to the other.
+        let mut seen = std::collections::HashSet::new();
+        for _ in 0..10 {
+            seen.insert(lines(&get(a, "x", "/").await)[0].clone());
+        }
+        let busy = lines(&slow.await.unwrap())[0].clone();
+        assert_eq!(seen.len(), 1, "{balance}: quick requests went to {seen:?}");
+        assert!(
+            !seen.contains(&busy),
+            "{balance}: a quick request went to the busy server"
+        );
+        gw.stop().await;
+    }
+}
+
+#[tokio::test]
+async fn backups_only_when_every_primary_is_down() {
+    let primary = upstream("primary").await;
+    let backup = upstream("backup").await;
+    let yaml = format!(
+        r#"
+upstreams:
+  app:
+    servers: ["{}", {{ addr: "{}", backup: true }}]
+servers:
+  - listen: ["127.0.0.1:{{p0}}"]
+    locations:
+      - location: /
+        proxy_pass: http://app
+"#,
+        primary.addr, backup.addr
+    );
+    let gw = start_one(&yaml, 1).await;
+    for _ in 0..5 {
+        assert_eq!(lines(&get(gw.addr(0), "x", "/").await)[0], "primary");
+    }
+    primary.kill();
+    tokio::time::sleep(Duration::from_millis(50)).await;
+    for _ in 0..5 {
+        let r = get(gw.addr(0), "x", "/").await;
+        assert_eq!((r.status, lines(&r)[0].as_str()), (200, "backup"));
+    }
+    backup.kill();
+    tokio::time::sleep(Duration::from_millis(50)).await;
+    assert_eq!(get(gw.addr(0), "x", "/").await.status, 502);
+    gw.stop().await;
+}
+
+#[tokio::test]
+async fn a_dead_server_costs_no_request_and_a_reset_post_is_not_retried() {
+    let (gw, ups) = balanced("round_robin", [1, 1, 1]).await;
+    let a = gw.addr(0);
+    for _ in 0..6 {
+        assert_eq!(get(a, "x", "/").await.status, 200);
+    }
+    ups[1].kill();
+    tokio::time::sleep(Duration::from_millis(50)).await;
+    for i in 0..30 {
+        let r = get(a, "x", "/").await;
+        assert_eq!(r.status, 200, "request {i} failed: {r:?}");
+        assert_ne!(lines(&r)[0], "b");
+    }
+    gw.stop().await;
+
+    // A POST sent to a server that resets is not sent again.
+    let reset = resetting_upstream().await;
+    let good = upstream("good").await;
+    let yaml = format!(
+        r#"
+upstreams:
+  app:
+    servers: ["{}", "{}"]
+servers:
+  - listen: ["127.0.0.1:{{p0}}"]
+    locations:
+      - location: /
+        proxy_pass: http://app
+"#,
+        reset.addr, good.addr
+    );
+    let gw = start_one(&yaml, 1).await;
+    let r = send(gw.addr(0), "POST", "x", "/once", b"payload").await;
+    assert_eq!(r.status, 502);
+    assert_eq!(reset.hits(), 1);
+    assert_eq!(
+        good.hits(),
+        0,
+        "a non-idempotent request already sent is not retried"
+    );
+    // A GET to the same pair is retried on the good server.
+    let r = get(gw.addr(0), "x", "/again").await;
+    assert_eq!((r.status, lines(&r)[0].as_str()), (200, "good"));
+    gw.stop().await;
+}
+
+#[tokio::test]
+async fn refused_and_timed_out_upstreams_get_502_and_504() {
+    let dead = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let dead_addr = dead.local_addr().unwrap();
+    drop(dead);
+    let slow = upstream("slow").await;
+    let yaml = format!(
+        r#"
+upstreams:
+  dead: {{ servers: ["{dead_addr}"] }}
+  slow: {{ servers: ["{}"], read_timeout: 300ms }}
+servers:
+  - listen: ["127.0.0.1:{{p0}}"]
+    locations:
+      - location: /dead/
+        proxy_pass: http://dead
+      - location: /slow/
+        proxy_pass: http://slow
+"#,
+        slow.addr
+    );
+    let gw = start_one(&yaml, 1).await;
+    assert_eq!(get(gw.addr(0), "x", "/dead/").await.status, 502);
+    assert_eq!(get(gw.addr(0), "x", "/slow/2000").await.status, 504);
+    assert_eq!(get(gw.addr(0), "x", "/slow/10").await.status, 200);
+    gw.stop().await;
+}
+
+#[tokio::test]
+async fn bodies_pass_both_ways_and_the_size_limit_holds() {
+    let up = upstream("a").await;
+    let yaml = format!(
+        r#"
+http:
+  client_max_body_size: 100k
+upstreams:
+  app: {{ servers: ["{}"] }}
+servers:
+  - listen: ["127.0.0.1:{{p0}}"]
+    locations:
+      - location: /
+        proxy_pass: http://app
+"#,
+        up.addr
+    );
+    let gw = start_one(&yaml, 1).await;
+    let a = gw.addr(0);
+    let small = send(a, "POST", "x", "/echo", b"hello body").await;
+    assert!(small.text().ends_with("\n\nhello body"), "{}", small.text());
+    let streamed = vec![b'z'; 90 * 1024];
+    let r = send(a, "PUT", "x", "/echo", &streamed).await;
+    assert!(
+        r.body.ends_with(&streamed),
+        "a 90k body (streamed) arrives whole"
+    );
+    let big = get(a, "x", "/big/3000000").await;
+    assert_eq!(big.body.len(), 3_000_000);
+    // Over the limit by Content-Length: 413 before the upstream sees it.
+    let hits = up.hits();
+    let r = send(a, "POST", "x", "/echo", &vec![b'y'; 200 * 1024]).await;
+    assert_eq!(r.status, 413);
+    assert_eq!(up.hits(), hits);
+    // Over the limit in a chunked body: 413 too.
+    let mut chunked = b"POST /echo HTTP/1.1\r\nHost: x\r\nConnection: close\r\nTransfer-Encoding: chunked\r\n\r\n".to_vec();
+    for _ in 0..150 {
+        chunked.extend_from_slice(b"400\r\n");
+        chunked.extend_from_slice(&[b'c'; 1024]);
+        chunked.extend_from_slice(b"\r\n");
+    }
+    chunked.extend_from_slice(b"0\r\n\r\n");
+    let r = common::parse_responses(&common::raw(a, &chunked).await);
+    assert_eq!(r[0].status, 413);
+    gw.stop().await;
+}

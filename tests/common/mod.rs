@@ -295,7 +295,8 @@ pub async fn resetting_upstream() -> Upstream {
             if n > 0 {
                 counter.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
             }
-            let _ = stream.set_linger(Some(Duration::ZERO));
+            // Linger 0: the close is a reset (RST), not an orderly FIN.
+            let _ = socket2::SockRef::from(&stream).set_linger(Some(Duration::ZERO));
             drop(stream);
         }
     });

@@ -13,11 +13,13 @@
 //! - [`balance`]: the six balancers over peers whose state outlives a reload.
 //! - [`forward`]: proxying to the chosen peer: pooled connections, header
 //!   rules, streaming bodies, retries, timeouts.
+//! - [`access_log`]: one line per request, written off the request path.
 //! - [`explain`]: the `ginx explain` report.
 //!
 //! Forwarding to upstreams, reload, TLS and the admin endpoint are added
 //! beside these, one module each.
 
+pub mod access_log;
 pub mod balance;
 pub mod compile;
 pub mod config;

@@ -379,3 +379,63 @@ servers:
     assert_eq!(r[0].status, 413);
     gw.stop().await;
 }
+
+/// Read the access log until it has `n` lines (bounded by time).
+async fn log_lines(path: &std::path::Path, n: usize) -> Vec<String> {
+    let deadline = std::time::Instant::now() + common::IO_LIMIT;
+    loop {
+        let text = std::fs::read_to_string(path).unwrap_or_default();
+        let lines: Vec<String> = text.lines().map(str::to_string).collect();
+        if lines.len() >= n {
+            return lines;
+        }
+        assert!(std::time::Instant::now() < deadline, "access log has {} lines, wanted {n}", lines.len());
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+#[tokio::test]
+async fn access_log_json_and_combined() {
+    let up = upstream("a").await;
+    for format in ["json", "combined"] {
+        let yaml = format!(
+            r#"
+access_log: {{ path: access.log, format: {format} }}
+upstreams:
+  app: {{ servers: ["{}"] }}
+servers:
+  - listen: ["127.0.0.1:{{p0}}"]
+    locations:
+      - location: /api/
+        proxy_pass: http://app
+"#,
+            up.addr
+        );
+        let gw = start_one(&yaml, 1).await;
+        let proxied = get(gw.addr(0), "log.test", "/api/x?y=1").await;
+        assert_eq!(get(gw.addr(0), "log.test", "/nothing").await.status, 404);
+        let lines = log_lines(&gw.dir.path().join("access.log"), 2).await;
+        if format == "json" {
+            let first: serde_json::Value = serde_json::from_str(&lines[0]).unwrap();
+            assert_eq!(first["request"], "GET /api/x?y=1 HTTP/1.1");
+            assert_eq!(first["status"], 200);
+            assert_eq!(first["upstream_addr"], up.addr.to_string());
+            assert_eq!(first["upstream_status"], 200);
+            assert_eq!(first["bytes_sent"], proxied.body.len());
+            assert!(first["upstream_response_time"].as_f64().is_some());
+            let second: serde_json::Value = serde_json::from_str(&lines[1]).unwrap();
+            assert_eq!(second["status"], 404);
+            assert_eq!(second["reason"], "no location matches");
+        } else {
+            assert!(lines[0].starts_with("127.0.0.1 - - ["), "{}", lines[0]);
+            assert!(
+                lines[0].contains(&format!("\"GET /api/x?y=1 HTTP/1.1\" 200 {} \"-\" \"-\" rt=", proxied.body.len())),
+                "{}",
+                lines[0]
+            );
+            assert!(lines[0].contains(&format!("ua=\"{}\" us=200 urt=", up.addr)), "{}", lines[0]);
+            assert!(lines[1].contains("\"GET /nothing HTTP/1.1\" 404 "), "{}", lines[1]);
+        }
+        gw.stop().await;
+    }
+}

@@ -2,9 +2,11 @@
 //! a response ginx makes costs no allocation beyond its bytes, and an
 //! upstream's body streams through with `read_timeout` between reads. It
 //! carries guards that tell the connection (idle timers) and the peer
-//! (in-flight count) when the response is done.
+//! (in-flight count) when the response is done, and the access-log line,
+//! written then with the bytes sent and the request's time.
 
 use super::conn::ConnState;
+use crate::access_log::{AccessLog, Entry};
 use crate::forward::{BoxError, InFlight};
 use bytes::Bytes;
 use http_body::{Body, Frame, SizeHint};
@@ -13,12 +15,13 @@ use std::future::Future;
 use std::pin::Pin;
 use std::sync::Arc;
 use std::task::{Context, Poll};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 use tokio::time::Sleep;
 
 pub struct ResponseBody {
     inner: Inner,
     guard: Option<FinishGuard>,
+    log: Option<Box<PendingLog>>,
 }
 
 enum Inner {
@@ -40,32 +43,58 @@ impl Drop for FinishGuard {
     }
 }
 
+/// The access-log line of this response, written when the body is done.
+struct PendingLog {
+    log: AccessLog,
+    entry: Entry,
+    started: Instant,
+}
+
+impl Drop for ResponseBody {
+    fn drop(&mut self) {
+        if let Some(mut pending) = self.log.take() {
+            pending.entry.request_time = pending.started.elapsed();
+            pending.log.write(&pending.entry);
+        }
+    }
+}
+
 impl ResponseBody {
-    pub fn empty() -> Self {
+    fn new(inner: Inner) -> Self {
         ResponseBody {
-            inner: Inner::Full(None),
+            inner,
             guard: None,
+            log: None,
         }
     }
 
+    pub fn empty() -> Self {
+        Self::new(Inner::Full(None))
+    }
+
     pub fn full(data: Bytes) -> Self {
-        ResponseBody {
-            inner: Inner::Full((!data.is_empty()).then_some(data)),
-            guard: None,
-        }
+        Self::new(Inner::Full((!data.is_empty()).then_some(data)))
     }
 
     /// An upstream's body, streamed; the peer counts the request in flight
     /// until it is done.
     pub fn upstream(body: Incoming, read_timeout: Duration, in_flight: InFlight) -> Self {
-        ResponseBody {
-            inner: Inner::Upstream {
-                body,
-                read_timeout,
-                timer: None,
-                _in_flight: in_flight,
-            },
-            guard: None,
+        Self::new(Inner::Upstream {
+            body,
+            read_timeout,
+            timer: None,
+            _in_flight: in_flight,
+        })
+    }
+
+    /// Write `entry` to `log` when this body is done (bytes and time filled in).
+    pub fn log_on_drop(&mut self, log: &AccessLog, entry: Entry, started: Instant) {
+        if log.is_on() {
+            self.log = Some(Box::new(PendingLog {
+                log: log.clone(),
+                entry,
+                started,
+            }));
         }
     }
 
@@ -73,17 +102,12 @@ impl ResponseBody {
     pub fn finish_on_drop(&mut self, state: Arc<ConnState>) {
         self.guard = Some(FinishGuard(state));
     }
-}
 
-impl Body for ResponseBody {
-    type Data = Bytes;
-    type Error = BoxError;
-
-    fn poll_frame(
-        mut self: Pin<&mut Self>,
+    fn poll_inner(
+        inner: &mut Inner,
         cx: &mut Context<'_>,
     ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
-        match &mut self.inner {
+        match inner {
             Inner::Full(data) => Poll::Ready(data.take().map(|d| Ok(Frame::data(d)))),
             Inner::Upstream {
                 body,
@@ -113,6 +137,25 @@ impl Body for ResponseBody {
                 }
             },
         }
+    }
+}
+
+impl Body for ResponseBody {
+    type Data = Bytes;
+    type Error = BoxError;
+
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
+        let this = &mut *self;
+        let polled = Self::poll_inner(&mut this.inner, cx);
+        if let (Poll::Ready(Some(Ok(frame))), Some(log)) = (&polled, this.log.as_mut()) {
+            if let Some(data) = frame.data_ref() {
+                log.entry.bytes_sent += data.len() as u64;
+            }
+        }
+        polled
     }
 
     fn is_end_stream(&self) -> bool {

@@ -10,8 +10,9 @@ pub mod body;
 pub mod conn;
 pub mod respond;
 
+use crate::access_log::{AccessLog, Entry};
 use crate::balance::PeerRegistry;
-use crate::compile::Config;
+use crate::compile::{AccessLogTarget, Config};
 use crate::forward::{self, ClientRegistry, UpstreamReport, UpstreamRuntime};
 use crate::route::{self, Outcome, RequestInfo};
 use arc_swap::ArcSwap;
@@ -24,7 +25,7 @@ use hyper_util::server::conn::auto;
 use std::io;
 use std::net::SocketAddr;
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{watch, Semaphore};
 use tokio::task::JoinHandle;
@@ -41,6 +42,7 @@ pub struct Shared {
     current: ArcSwap<Generation>,
     peers: PeerRegistry,
     clients: ClientRegistry,
+    pub access_log: AccessLog,
     connections: Arc<Semaphore>,
     max_connections: usize,
 }
@@ -94,10 +96,13 @@ pub async fn start(config: Config, prebound: Vec<std::net::TcpListener>) -> io::
     let peers = PeerRegistry::default();
     let clients = ClientRegistry::default();
     let upstreams = clients.runtimes(&config, &peers);
+    let access_log =
+        AccessLog::start(&config.settings.access_log, config.settings.access_log_json)?;
     let shared = Arc::new(Shared {
         current: ArcSwap::from_pointee(Generation { config, upstreams }),
         peers,
         clients,
+        access_log,
         connections: Arc::new(Semaphore::new(max_connections)),
         max_connections,
     });
@@ -321,11 +326,17 @@ async fn handle_request(
     info: ConnInfo,
     req: Request<Incoming>,
 ) -> Result<Response<ResponseBody>, CloseWithoutAnswer> {
+    let started = Instant::now();
     let request_number = state.request_started();
     let generation = shared.current();
     let (parts, body) = req.into_parts();
-    match respond(&generation, info, &parts, body, request_number).await {
+    let mut entry = Entry::default();
+    match respond(&generation, info, &parts, body, request_number, &mut entry).await {
         Some(mut response) => {
+            entry.status = response.status().as_u16();
+            response
+                .body_mut()
+                .log_on_drop(&shared.access_log, entry, started);
             response.body_mut().finish_on_drop(state);
             Ok(response)
         }
@@ -343,8 +354,25 @@ async fn respond(
     parts: &http::request::Parts,
     body: Incoming,
     request_number: u64,
+    entry: &mut Entry,
 ) -> Option<Response<ResponseBody>> {
     let config = &generation.config;
+    if config.settings.access_log != AccessLogTarget::Off {
+        let header = |name: http::header::HeaderName| {
+            parts
+                .headers
+                .get(name)
+                .and_then(|v| v.to_str().ok())
+                .unwrap_or("")
+                .to_string()
+        };
+        entry.remote = Some(conn.remote);
+        entry.time = Some(std::time::SystemTime::now());
+        entry.request = format!("{} {} {:?}", parts.method, parts.uri, parts.version);
+        entry.referer = header(http::header::REFERER);
+        entry.user_agent = header(http::header::USER_AGENT);
+        entry.host = header(http::header::HOST);
+    }
     let settings = &config.settings;
     let Some(listener) = config.listener_for(conn.local) else {
         // The address was removed by a reload while this connection was open.
@@ -370,7 +398,7 @@ async fn respond(
         Outcome::Close => return None,
         Outcome::Proxy { uri } => {
             let mut report = UpstreamReport::default();
-            match forward::forward(
+            let result = forward::forward(
                 &generation.upstreams,
                 &routed,
                 &info,
@@ -378,16 +406,21 @@ async fn respond(
                 uri,
                 &mut report,
             )
-            .await
-            {
+            .await;
+            entry.upstream_addr = report.addr;
+            entry.upstream_status = report.status;
+            entry.upstream_response_time = report.response_time;
+            match result {
                 Ok(response) => response,
                 Err(e) => {
+                    entry.reason = Some(e.reason.clone());
                     tracing::info!(status = e.status.as_u16(), reason = %e.reason, uri = %parts.uri, client = %conn.remote, "request answered by ginx");
                     respond::page(e.status, settings.server_tokens)
                 }
             }
         }
         Outcome::Error { status, reason } => {
+            entry.reason = Some(reason.to_string());
             tracing::info!(status = status.as_u16(), reason, uri = %parts.uri, client = %conn.remote, "request answered by ginx");
             respond::outcome_response(&routed.outcome, settings)
         }

@@ -58,8 +58,12 @@ pub async fn start(files: &[(&str, &str)], nports: usize) -> Gateway {
         .map(|l| l.local_addr().unwrap().port())
         .collect();
     let dir = write_files(files, &ports);
-    let config = ginx::compile::load_and_compile(&dir.path().join("ginx.yaml"))
+    let mut config = ginx::compile::load_and_compile(&dir.path().join("ginx.yaml"))
         .unwrap_or_else(|e| panic!("test configuration does not load:\n{e}"));
+    // Keep test output readable: an access log to stdout is off unless a file is named.
+    if config.settings.access_log == ginx::compile::AccessLogTarget::Stdout {
+        config.settings.access_log = ginx::compile::AccessLogTarget::Off;
+    }
     let running = ginx::serve::start(config, listeners).await.expect("start");
     Gateway {
         running: Some(running),

@@ -19,6 +19,7 @@ use http::{Method, Request, Response, StatusCode, Uri};
 use http_body::{Body, Frame, SizeHint};
 use http_body_util::BodyExt;
 use hyper::body::Incoming;
+use hyper::upgrade::OnUpgrade;
 use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::client::legacy::Client;
 use hyper_util::rt::TokioExecutor;
@@ -135,6 +136,7 @@ pub async fn forward(
     routed: &Routed<'_>,
     info: &RequestInfo<'_>,
     body: Incoming,
+    client_upgrade: Option<OnUpgrade>,
     upstream_uri: &[u8],
     report: &mut UpstreamReport,
 ) -> Result<Response<crate::serve::body::ResponseBody>, ForwardError> {
@@ -158,7 +160,14 @@ pub async fn forward(
     let send_timeout = location.proxy_send_timeout.unwrap_or(upstream.send_timeout);
 
     let mut body = read_request_body(info, location, body).await?;
-    let headers = upstream_headers(info, routed, location);
+    let mut headers = upstream_headers(info, routed, location);
+    let upgrade = client_upgrade.and_then(|on| upgrade_protocol(info.headers).map(|p| (on, p)));
+    if let Some((_, protocol)) = &upgrade {
+        // WebSocket and other upgrades: the two hop-by-hop headers go up as sent.
+        headers.insert(header::CONNECTION, HeaderValue::from_static("upgrade"));
+        headers.insert(header::UPGRADE, protocol.clone());
+    }
+    let mut upgrade = upgrade.map(|(on, _)| on);
     let path_and_query = std::str::from_utf8(upstream_uri).unwrap_or("/");
     let hash_key = match (&upstream.balance, &upstream.hash_key) {
         (Balance::Hash, Some(t)) => routed.var_context(info).expand(t),
@@ -227,6 +236,11 @@ pub async fn forward(
                     }
                 } else {
                     peer.record_success();
+                }
+                if status == StatusCode::SWITCHING_PROTOCOLS {
+                    if let Some(client) = upgrade.take() {
+                        return Ok(splice_upgrade(response, client, location, in_flight));
+                    }
                 }
                 return Ok(downstream_response(
                     response,
@@ -465,6 +479,62 @@ fn downstream_response(
     }
     let body = crate::serve::body::ResponseBody::upstream(body, read_timeout, in_flight);
     Response::from_parts(parts, body)
+}
+
+/// The protocol a request asks to upgrade to (`Connection: upgrade` plus `Upgrade`).
+fn upgrade_protocol(headers: &HeaderMap) -> Option<HeaderValue> {
+    let asks = headers
+        .get_all(header::CONNECTION)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(','))
+        .any(|t| t.trim().eq_ignore_ascii_case("upgrade"));
+    asks.then(|| headers.get(header::UPGRADE).cloned())
+        .flatten()
+}
+
+/// Whether a request asks for an upgrade (so the handler keeps its upgrade hook).
+pub fn wants_upgrade(headers: &HeaderMap) -> bool {
+    upgrade_protocol(headers).is_some()
+}
+
+/// The upstream agreed to switch protocols: answer the client with its 101,
+/// then splice the two connections as byte streams until either side closes.
+fn splice_upgrade(
+    mut response: Response<Incoming>,
+    client: OnUpgrade,
+    location: &Location,
+    in_flight: InFlight,
+) -> Response<crate::serve::body::ResponseBody> {
+    let upstream = hyper::upgrade::on(&mut response);
+    let (mut parts, _) = response.into_parts();
+    let protocol = parts.headers.get(header::UPGRADE).cloned();
+    strip_hop_by_hop(&mut parts.headers);
+    parts.headers.remove(header::SERVER);
+    parts.headers.remove(header::DATE);
+    for name in location.headers.proxy_hide_header.iter() {
+        parts.headers.remove(name);
+    }
+    parts
+        .headers
+        .insert(header::CONNECTION, HeaderValue::from_static("upgrade"));
+    if let Some(p) = protocol {
+        parts.headers.insert(header::UPGRADE, p);
+    }
+    tokio::spawn(async move {
+        let _in_flight = in_flight;
+        match (client.await, upstream.await) {
+            (Ok(client), Ok(upstream)) => {
+                let mut client = hyper_util::rt::TokioIo::new(client);
+                let mut upstream = hyper_util::rt::TokioIo::new(upstream);
+                if let Err(e) = tokio::io::copy_bidirectional(&mut client, &mut upstream).await {
+                    tracing::debug!(error = %e, "upgraded connection ended");
+                }
+            }
+            (Err(e), _) | (_, Err(e)) => tracing::warn!(error = %e, "upgrade failed after 101"),
+        }
+    });
+    Response::from_parts(parts, crate::serve::body::ResponseBody::empty())
 }
 
 /// How a streamed request body is going, for the send timeout.

@@ -36,6 +36,8 @@ pub struct ConnState {
     head_timed_out: AtomicBool,
     /// The client spoke the HTTP/2 preface: heads are frames, not lines.
     http2: AtomicBool,
+    /// A 101 was answered: the bytes are another protocol's now.
+    upgraded: AtomicBool,
     server_tokens: bool,
 }
 
@@ -50,6 +52,7 @@ impl ConnState {
             idle_since_ms: AtomicU64::new(0),
             head_timed_out: AtomicBool::new(false),
             http2: AtomicBool::new(false),
+            upgraded: AtomicBool::new(false),
             server_tokens,
         })
     }
@@ -75,6 +78,11 @@ impl ConnState {
 
     pub fn is_http2(&self) -> bool {
         self.http2.load(Relaxed)
+    }
+
+    /// The connection switched protocols (WebSocket): no more HTTP heads to check.
+    pub fn mark_upgraded(&self) {
+        self.upgraded.store(true, Relaxed);
     }
 
     /// The response (body included) has been handed to hyper.
@@ -207,7 +215,10 @@ impl AsyncRead for ClientIo {
                 // HTTP/2 prior knowledge: hyper's h2 limits apply from here on.
                 this.state.http2.store(true, Relaxed);
             }
-            if !new.is_empty() && this.state.in_flight.load(Relaxed) == 0 && !this.state.is_http2()
+            if !new.is_empty()
+                && this.state.in_flight.load(Relaxed) == 0
+                && !this.state.is_http2()
+                && !this.state.upgraded.load(Relaxed)
             {
                 let epoch = this.state.epoch.load(Relaxed);
                 if this.scan.epoch != epoch {

@@ -329,11 +329,27 @@ async fn handle_request(
     let started = Instant::now();
     let request_number = state.request_started();
     let generation = shared.current();
+    let mut req = req;
+    // An upgrade request (WebSocket) keeps its hook for after the 101.
+    let upgrade = forward::wants_upgrade(req.headers()).then(|| hyper::upgrade::on(&mut req));
     let (parts, body) = req.into_parts();
     let mut entry = Entry::default();
-    match respond(&generation, info, &parts, body, request_number, &mut entry).await {
+    match respond(
+        &generation,
+        info,
+        &parts,
+        body,
+        upgrade,
+        request_number,
+        &mut entry,
+    )
+    .await
+    {
         Some(mut response) => {
             entry.status = response.status().as_u16();
+            if response.status() == http::StatusCode::SWITCHING_PROTOCOLS {
+                state.mark_upgraded();
+            }
             response
                 .body_mut()
                 .log_on_drop(&shared.access_log, entry, started);
@@ -353,6 +369,7 @@ async fn respond(
     conn: ConnInfo,
     parts: &http::request::Parts,
     body: Incoming,
+    upgrade: Option<hyper::upgrade::OnUpgrade>,
     request_number: u64,
     entry: &mut Entry,
 ) -> Option<Response<ResponseBody>> {
@@ -403,6 +420,7 @@ async fn respond(
                 &routed,
                 &info,
                 body,
+                upgrade,
                 uri,
                 &mut report,
             )

@@ -1,6 +1,9 @@
 //! WebSocket through ginx: a real client and a real server (tokio-tungstenite)
 //! exchange frames over the spliced connection.
 
+// The handshake callback's error type is tungstenite's, not ours.
+#![allow(clippy::result_large_err)]
+
 mod common;
 use futures_util::{SinkExt, StreamExt};
 use tokio_tungstenite::tungstenite::Message;

@@ -13,6 +13,7 @@
 //! - [`balance`]: the six balancers over peers whose state outlives a reload.
 //! - [`forward`]: proxying to the chosen peer: pooled connections, header
 //!   rules, streaming bodies, retries, timeouts.
+//! - [`health`]: active health checks whose verdicts the balancers respect.
 //! - [`access_log`]: one line per request, written off the request path.
 //! - [`explain`]: the `ginx explain` report.
 //!
@@ -25,5 +26,6 @@ pub mod compile;
 pub mod config;
 pub mod explain;
 pub mod forward;
+pub mod health;
 pub mod route;
 pub mod serve;

@@ -389,7 +389,11 @@ async fn log_lines(path: &std::path::Path, n: usize) -> Vec<String> {
         if lines.len() >= n {
             return lines;
         }
-        assert!(std::time::Instant::now() < deadline, "access log has {} lines, wanted {n}", lines.len());
+        assert!(
+            std::time::Instant::now() < deadline,
+            "access log has {} lines, wanted {n}",
+            lines.len()
+        );
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
 }
@@ -429,12 +433,23 @@ servers:
         } else {
             assert!(lines[0].starts_with("127.0.0.1 - - ["), "{}", lines[0]);
             assert!(
-                lines[0].contains(&format!("\"GET /api/x?y=1 HTTP/1.1\" 200 {} \"-\" \"-\" rt=", proxied.body.len())),
+                lines[0].contains(&format!(
+                    "\"GET /api/x?y=1 HTTP/1.1\" 200 {} \"-\" \"-\" rt=",
+                    proxied.body.len()
+                )),
                 "{}",
                 lines[0]
             );
-            assert!(lines[0].contains(&format!("ua=\"{}\" us=200 urt=", up.addr)), "{}", lines[0]);
-            assert!(lines[1].contains("\"GET /nothing HTTP/1.1\" 404 "), "{}", lines[1]);
+            assert!(
+                lines[0].contains(&format!("ua=\"{}\" us=200 urt=", up.addr)),
+                "{}",
+                lines[0]
+            );
+            assert!(
+                lines[1].contains("\"GET /nothing HTTP/1.1\" 404 "),
+                "{}",
+                lines[1]
+            );
         }
         gw.stop().await;
     }

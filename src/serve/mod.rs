@@ -43,6 +43,8 @@ pub struct Shared {
     peers: PeerRegistry,
     clients: ClientRegistry,
     pub access_log: AccessLog,
+    /// The health-check tasks of the generation in force.
+    health_tasks: std::sync::Mutex<Vec<JoinHandle<()>>>,
     connections: Arc<Semaphore>,
     max_connections: usize,
 }
@@ -57,8 +59,18 @@ impl Shared {
     /// and pooled connections of upstream servers it keeps are carried over.
     pub fn install(&self, config: Config) {
         let upstreams = self.clients.runtimes(&config, &self.peers);
+        let checks = crate::health::spawn_checks(&upstreams);
         self.current
             .store(Arc::new(Generation { config, upstreams }));
+        self.replace_health_tasks(checks);
+    }
+
+    fn replace_health_tasks(&self, tasks: Vec<JoinHandle<()>>) {
+        let mut current = self.health_tasks.lock().unwrap_or_else(|e| e.into_inner());
+        for old in current.drain(..) {
+            old.abort();
+        }
+        *current = tasks;
     }
 }
 
@@ -76,6 +88,7 @@ impl Running {
     /// return. Returns true when every connection finished in time.
     pub async fn shutdown(self, grace: Duration) -> bool {
         let _ = self.stop.send(true);
+        self.shared.replace_health_tasks(Vec::new());
         for t in self.accept_tasks {
             let _ = t.await;
         }
@@ -98,11 +111,13 @@ pub async fn start(config: Config, prebound: Vec<std::net::TcpListener>) -> io::
     let upstreams = clients.runtimes(&config, &peers);
     let access_log =
         AccessLog::start(&config.settings.access_log, config.settings.access_log_json)?;
+    let checks = crate::health::spawn_checks(&upstreams);
     let shared = Arc::new(Shared {
         current: ArcSwap::from_pointee(Generation { config, upstreams }),
         peers,
         clients,
         access_log,
+        health_tasks: std::sync::Mutex::new(checks),
         connections: Arc::new(Semaphore::new(max_connections)),
         max_connections,
     });

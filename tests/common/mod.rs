@@ -183,6 +183,8 @@ pub fn ginx_bin() -> PathBuf {
 pub struct Upstream {
     pub addr: SocketAddr,
     pub hits: std::sync::Arc<std::sync::atomic::AtomicUsize>,
+    /// The status `/health` answers (200 at first); checks are not counted in `hits`.
+    pub health: std::sync::Arc<std::sync::atomic::AtomicU16>,
     task: tokio::task::JoinHandle<()>,
 }
 
@@ -209,7 +211,9 @@ pub async fn upstream_on(name: &'static str, listener: std::net::TcpListener) ->
     let listener = tokio::net::TcpListener::from_std(listener).unwrap();
     let addr = listener.local_addr().unwrap();
     let hits = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let health = std::sync::Arc::new(std::sync::atomic::AtomicU16::new(200));
     let counter = hits.clone();
+    let health_status = health.clone();
     let task = tokio::spawn(async move {
         let mut connections = tokio::task::JoinSet::new();
         loop {
@@ -217,11 +221,21 @@ pub async fn upstream_on(name: &'static str, listener: std::net::TcpListener) ->
                 continue;
             };
             let counter = counter.clone();
+            let health_status = health_status.clone();
             connections.spawn(async move {
                 let service =
                     hyper::service::service_fn(move |req: http::Request<hyper::body::Incoming>| {
                         let counter = counter.clone();
+                        let health_status = health_status.clone();
                         async move {
+                            if req.uri().path() == "/health" {
+                                let code = health_status.load(std::sync::atomic::Ordering::SeqCst);
+                                let mut resp = http::Response::new(http_body_util::Full::new(
+                                    bytes::Bytes::from_static(b"health\n"),
+                                ));
+                                *resp.status_mut() = http::StatusCode::from_u16(code).unwrap();
+                                return Ok::<_, std::convert::Infallible>(resp);
+                            }
                             counter.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
                             let path = req.uri().path().to_string();
                             let mut text = format!("{name}\n{} {}\n", req.method(), req.uri());
@@ -275,7 +289,12 @@ pub async fn upstream_on(name: &'static str, listener: std::net::TcpListener) ->
             });
         }
     });
-    Upstream { addr, hits, task }
+    Upstream {
+        addr,
+        hits,
+        health,
+        task,
+    }
 }
 
 /// An upstream that reads a request and closes the connection without
@@ -304,7 +323,12 @@ pub async fn resetting_upstream() -> Upstream {
             drop(stream);
         }
     });
-    Upstream { addr, hits, task }
+    Upstream {
+        addr,
+        hits,
+        health: Default::default(),
+        task,
+    }
 }
 
 /// Send one request with a body and `Connection: close`, parsed.

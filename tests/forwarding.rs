@@ -454,3 +454,93 @@ servers:
         gw.stop().await;
     }
 }
+
+#[tokio::test]
+async fn killing_one_of_three_under_concurrent_load_fails_no_request() {
+    let (gw, ups) = balanced("round_robin", [1, 1, 1]).await;
+    let a = gw.addr(0);
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let mut clients = Vec::new();
+    for _ in 0..4 {
+        let stop = stop.clone();
+        clients.push(tokio::spawn(async move {
+            let (mut ok, mut failed) = (0u32, Vec::new());
+            // Bounded: at most 2,000 requests or until told to stop.
+            for _ in 0..2000 {
+                if stop.load(std::sync::atomic::Ordering::SeqCst) {
+                    break;
+                }
+                let r = get(a, "x", "/").await;
+                if r.status == 200 {
+                    ok += 1;
+                } else {
+                    failed.push(r.status);
+                }
+            }
+            (ok, failed)
+        }));
+    }
+    tokio::time::sleep(Duration::from_millis(400)).await;
+    ups[1].kill();
+    tokio::time::sleep(Duration::from_millis(800)).await;
+    stop.store(true, std::sync::atomic::Ordering::SeqCst);
+    let mut total = 0;
+    for c in clients {
+        let (ok, failed) = c.await.unwrap();
+        assert!(failed.is_empty(), "failed requests: {failed:?}");
+        total += ok;
+    }
+    assert!(total > 20, "the load ran ({total} requests)");
+    gw.stop().await;
+}
+
+#[tokio::test]
+async fn a_client_that_goes_away_cancels_its_upstream_request() {
+    let up = upstream("a").await;
+    let yaml = format!(
+        r#"
+upstreams:
+  app: {{ servers: ["{}"] }}
+servers:
+  - listen: ["127.0.0.1:{{p0}}"]
+    locations:
+      - location: /
+        proxy_pass: http://app
+"#,
+        up.addr
+    );
+    let gw = start_one(&yaml, 1).await;
+    let shared = gw.running.as_ref().unwrap().shared.clone();
+    let in_flight = || {
+        shared.current().upstreams[0].balancer.peers[0]
+            .state
+            .in_flight
+            .load(std::sync::atomic::Ordering::SeqCst)
+    };
+    {
+        use tokio::io::AsyncWriteExt;
+        let mut client = tokio::net::TcpStream::connect(gw.addr(0)).await.unwrap();
+        client
+            .write_all(b"GET /slow/5000 HTTP/1.1\r\nHost: x\r\n\r\n")
+            .await
+            .unwrap();
+        let deadline = std::time::Instant::now() + common::IO_LIMIT;
+        while in_flight() == 0 {
+            assert!(
+                std::time::Instant::now() < deadline,
+                "the request never reached the upstream"
+            );
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        // The client hangs up while the upstream is still working.
+    }
+    let deadline = std::time::Instant::now() + Duration::from_secs(3);
+    while in_flight() != 0 {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the upstream request was not cancelled"
+        );
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    gw.stop().await;
+}

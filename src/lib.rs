@@ -6,6 +6,7 @@
 //!   into raw serde structs, with every error at file:line:column.
 //! - [`compile`]: raw structs → one immutable [`compile::Config`]: per listen
 //!   address a host table, per server a location table, templates parsed once.
+//! - [`tls`]: certificates, SNI and the rustls configurations.
 //! - [`serve`]: listening sockets, HTTP/1.1 and HTTP/2 connections with the
 //!   client limits, and the per-request handler.
 //! - [`route`]: pure routing (server, location, rewrites, action) shared by
@@ -29,3 +30,4 @@ pub mod forward;
 pub mod health;
 pub mod route;
 pub mod serve;
+pub mod tls;

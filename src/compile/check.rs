@@ -12,6 +12,8 @@ use std::time::Duration;
 pub struct Checker<'a> {
     pub file: Arc<Path>,
     pub errors: &'a mut ConfigErrors,
+    /// Things worth saying that do not stop the configuration.
+    pub warnings: Vec<crate::config::error::ConfigError>,
 }
 
 impl<'a> Checker<'a> {
@@ -19,6 +21,7 @@ impl<'a> Checker<'a> {
         Checker {
             file: file.clone(),
             errors,
+            warnings: Vec::new(),
         }
     }
 
@@ -32,6 +35,11 @@ impl<'a> Checker<'a> {
 
     pub fn origin_of(&self, text: &Text) -> Origin {
         self.origin(&text.referenced)
+    }
+
+    pub fn warn(&mut self, origin: Origin, message: impl Into<String>) {
+        self.warnings
+            .push(crate::config::error::ConfigError::new(origin, message));
     }
 
     pub fn push(&mut self, origin: Origin, message: impl Into<String>) {

@@ -54,6 +54,7 @@ fn bad_wildcard(name: &str) -> String {
 }
 
 /// Which server of an address answers a host.
+#[derive(Debug)]
 pub struct HostTable {
     exact: HashMap<String, usize>,
     leading: HashMap<String, usize>,

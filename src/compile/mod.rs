@@ -124,6 +124,10 @@ pub struct Server {
     pub access: Arc<[AccessRule]>,
     pub locations: Vec<Location>,
     pub table: LocationTable,
+    /// The server's certificate, when it has `tls:`.
+    pub tls: Option<crate::tls::ServerCert>,
+    /// It wrote a `tls:` block (which may have failed to load, already reported).
+    pub has_tls_block: bool,
 }
 
 impl Server {
@@ -138,9 +142,11 @@ pub struct Listener {
     pub tls: bool,
     pub http2: bool,
     pub servers: Vec<Arc<Server>>,
-    pub hosts: HostTable,
+    pub hosts: Arc<HostTable>,
     /// Connection-level limits come from the address's default server, as nginx.
     pub limits: Limits,
+    /// For a `tls` address: certificates by SNI, protocols, ALPN.
+    pub tls_config: Option<Arc<rustls::ServerConfig>>,
 }
 
 impl Listener {
@@ -288,6 +294,7 @@ pub fn compile(loaded: Loaded) -> Result<Config, ConfigErrors> {
                 http_headers: &http_headers,
             };
             servers.push(compile_server(&mut c, raw_server, &ctx));
+            warnings.append(&mut c.warnings);
         }
     }
     // A literal `proxy_pass: http://host:port` is an implicit group of one
@@ -313,17 +320,6 @@ pub fn compile(loaded: Loaded) -> Result<Config, ConfigErrors> {
         }
     }
     let listeners = build_listeners(&servers, &mut errors, &mut warnings);
-
-    if listeners.iter().any(|l| l.tls) {
-        // Issue: TLS termination is not built yet; refuse rather than serve plain text on a tls port.
-        for (server, specs, _) in &servers {
-            for (spec, origin) in specs {
-                if spec.tls {
-                    errors.push(origin.clone(), format!("listen {}: TLS termination is not available in this version of ginx yet (server at {})", spec.addr, server.origin));
-                }
-            }
-        }
-    }
 
     // Report in reading order: by file (load order), then line and column.
     let file_rank = |f: &Path| {
@@ -652,6 +648,60 @@ fn header_rules(
     }
 }
 
+/// A server's `tls:` block: load and check the certificate and key now, so
+/// that a bad pair is a configuration error naming the file; names the
+/// certificate does not cover are warnings.
+fn compile_server_tls(
+    c: &mut Checker<'_>,
+    s: &raw::Server,
+    names: &[(NamePattern, Option<regex::Regex>, Origin)],
+) -> Option<crate::tls::ServerCert> {
+    let tls = s.tls.as_ref()?;
+    let (Some(cert), Some(key)) = (tls.value.certificate.as_ref(), tls.value.key.as_ref()) else {
+        c.push(
+            c.origin(&tls.referenced),
+            "tls: needs both certificate and key (PEM files)",
+        );
+        return None;
+    };
+    let mut versions = Vec::new();
+    for p in tls.value.protocols.iter().flat_map(|l| l.0.iter()) {
+        match crate::tls::TlsVersion::parse(&p.value) {
+            Ok(v) if !versions.contains(&v) => versions.push(v),
+            Ok(_) => {}
+            Err(e) => c.error(p, e),
+        }
+    }
+    if versions.is_empty() {
+        versions = vec![crate::tls::TlsVersion::V1_2, crate::tls::TlsVersion::V1_3];
+    }
+    let key = match crate::tls::load_certified_key(&c.path(&cert.value), &c.path(&key.value)) {
+        Ok(k) => Arc::new(k),
+        Err(e) => {
+            c.error(cert, format!("tls: {e}"));
+            return None;
+        }
+    };
+    for (pattern, _, origin) in names {
+        let name = match pattern {
+            NamePattern::Exact(n) => n.clone(),
+            NamePattern::LeadingWildcard(n) => format!("*{n}"),
+            NamePattern::Both(n) => format!(".{n}"),
+            _ => continue,
+        };
+        if !crate::tls::covers(&key, &name) {
+            c.warn(
+                origin.clone(),
+                format!(
+                    "server name {name:?} is not covered by the certificate {}",
+                    cert.value
+                ),
+            );
+        }
+    }
+    Some(crate::tls::ServerCert { key, versions })
+}
+
 /// allow / deny, merged in the order written (by position), as nginx checks them.
 fn access_rules(
     c: &mut Checker<'_>,
@@ -775,14 +825,7 @@ fn compile_server(
     let access =
         access_rules(c, s.allow.as_ref(), s.deny.as_ref()).unwrap_or_else(|| Arc::from(Vec::new()));
 
-    if let Some(tls) = s.tls.as_ref() {
-        if tls.value.certificate.is_none() || tls.value.key.is_none() {
-            c.push(
-                c.origin(&tls.referenced),
-                "tls: needs both certificate and key",
-            );
-        }
-    }
+    let tls = compile_server_tls(c, s, &patterns);
 
     let mut locations: Vec<Location> = Vec::new();
     let mut keys: Vec<(LocationKind, String, Option<regex::bytes::Regex>, bool)> = Vec::new();
@@ -839,6 +882,8 @@ fn compile_server(
         access,
         locations,
         table,
+        tls,
+        has_tls_block: s.tls.is_some(),
     });
     (server, listens, patterns)
 }
@@ -1092,6 +1137,27 @@ fn build_listeners(
             .map(|(i, _, _)| servers[*i].0.clone())
             .collect();
         let limits = servers_here[default_pos].limits.clone();
+        let hosts = Arc::new(hosts);
+        let tls_config = if tls {
+            let certs = servers_here.iter().map(|s| s.tls.clone()).collect();
+            match crate::tls::server_config(hosts.clone(), certs, default_pos) {
+                Ok(c) => Some(c),
+                Err(_) if servers_here[default_pos].has_tls_block => None,
+                Err(e) => {
+                    let origin = members[default_pos].2.clone();
+                    errors.push(
+                        origin,
+                        format!(
+                            "listen {addr} tls: {e} (the default server is at {})",
+                            servers_here[default_pos].origin
+                        ),
+                    );
+                    None
+                }
+            }
+        } else {
+            None
+        };
         listeners.push(Listener {
             addr,
             tls,
@@ -1099,6 +1165,7 @@ fn build_listeners(
             servers: servers_here,
             hosts,
             limits,
+            tls_config,
         });
     }
     listeners

@@ -80,6 +80,11 @@ impl ConnState {
         self.http2.load(Relaxed)
     }
 
+    /// ALPN chose h2 on a TLS connection.
+    pub fn mark_http2(&self) {
+        self.http2.store(true, Relaxed);
+    }
+
     /// The connection switched protocols (WebSocket): no more HTTP heads to check.
     pub fn mark_upgraded(&self) {
         self.upgraded.store(true, Relaxed);
@@ -168,15 +173,19 @@ pub struct ClientIo {
     state: Arc<ConnState>,
     limits: HeadLimits,
     scan: HeadScan,
+    /// Plain HTTP: heads are checked and 408/414/431 written here. Under TLS
+    /// the bytes are ciphertext: only the timers apply (a slow head is closed).
+    plain: bool,
 }
 
 impl ClientIo {
-    pub fn new(inner: TcpStream, state: Arc<ConnState>, limits: HeadLimits) -> Self {
+    pub fn new(inner: TcpStream, state: Arc<ConnState>, limits: HeadLimits, plain: bool) -> Self {
         ClientIo {
             inner,
             state,
             limits,
             scan: HeadScan::default(),
+            plain,
         }
     }
 
@@ -185,8 +194,10 @@ impl ClientIo {
     /// hundred bytes, which a fresh socket buffer takes at once; if it does
     /// not, the client is not reading and is closed without it.
     fn reject(&mut self, status: http::StatusCode, reason: &str) -> io::Error {
-        let page = error_page_bytes(status, self.state.server_tokens);
-        let _ = self.inner.try_write(&page);
+        if self.plain {
+            let page = error_page_bytes(status, self.state.server_tokens);
+            let _ = self.inner.try_write(&page);
+        }
         tracing::info!(status = status.as_u16(), reason, "closing connection");
         io::Error::new(io::ErrorKind::InvalidData, reason.to_string())
     }
@@ -208,6 +219,9 @@ impl AsyncRead for ClientIo {
         let result = Pin::new(&mut this.inner).poll_read(cx, buf);
         if let Poll::Ready(Ok(())) = result {
             let new = &buf.filled()[before..];
+            if !this.plain {
+                return result;
+            }
             if this.state.requests.load(Relaxed) == 0
                 && this.scan.bytes == 0
                 && new.starts_with(b"PRI * HTTP/2.0")

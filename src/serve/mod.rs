@@ -231,7 +231,7 @@ async fn serve_connection(
     shared: Arc<Shared>,
     stream: TcpStream,
     remote: SocketAddr,
-    mut stop: watch::Receiver<bool>,
+    stop: watch::Receiver<bool>,
 ) {
     let Ok(local) = stream.local_addr() else {
         return;
@@ -250,17 +250,63 @@ async fn serve_connection(
         keepalive_timeout: listener.limits.keepalive_timeout,
     };
     let http2 = listener.http2;
+    let tls = listener.tls_config.clone();
     let state = ConnState::new(config.settings.server_tokens);
     drop(generation);
 
-    let info = ConnInfo {
-        local,
-        remote,
-        tls: false,
+    let Some(tls) = tls else {
+        let io = ClientIo::new(stream, state.clone(), limits, true);
+        let info = ConnInfo {
+            local,
+            remote,
+            tls: false,
+        };
+        return drive(shared, TokioIo::new(io), info, state, limits, http2, stop).await;
     };
-    let io = TokioIo::new(ClientIo::new(stream, state.clone(), limits));
+    // Under TLS the wrapper sees ciphertext: it keeps only the timers.
+    let io = ClientIo::new(stream, state.clone(), limits, false);
+    let handshake = tokio_rustls::TlsAcceptor::from(tls).accept(io);
+    match tokio::time::timeout(limits.header_timeout, handshake).await {
+        Ok(Ok(tls_stream)) => {
+            if tls_stream.get_ref().1.alpn_protocol() == Some(b"h2") {
+                state.mark_http2();
+            }
+            let info = ConnInfo {
+                local,
+                remote,
+                tls: true,
+            };
+            drive(
+                shared,
+                TokioIo::new(tls_stream),
+                info,
+                state,
+                limits,
+                true,
+                stop,
+            )
+            .await;
+        }
+        Ok(Err(e)) => tracing::debug!(%remote, error = %e, "TLS handshake failed"),
+        Err(_) => tracing::debug!(%remote, "TLS handshake not done within client_header_timeout"),
+    }
+}
+
+/// Serve HTTP on one connection (plain or TLS) until it ends, applying the
+/// connection's timers and a graceful stop.
+async fn drive<I>(
+    shared: Arc<Shared>,
+    io: TokioIo<I>,
+    info: ConnInfo,
+    state: Arc<ConnState>,
+    limits: HeadLimits,
+    http2: bool,
+    mut stop: watch::Receiver<bool>,
+) where
+    I: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
+{
+    let remote = info.remote;
     let service = {
-        let shared = shared.clone();
         let state = state.clone();
         hyper::service::service_fn(move |req| {
             handle_request(shared.clone(), state.clone(), info, req)

@@ -1,0 +1,397 @@
+//! TLS at the edge with certificates made by rcgen at test time: SNI picks
+//! each server's certificate (the default one without SNI or for an unknown
+//! name), ALPN negotiates h2 and HTTP/2 is served, HTTP/1.1 clients still
+//! work, `protocols` is enforced, and bad certificate files are
+//! configuration errors naming the file.
+
+mod common;
+use rustls::pki_types::{CertificateDer, ServerName, UnixTime};
+use std::sync::{Arc, Mutex};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+/// A test CA and the PEM files of leaf certificates it signed.
+struct Pki {
+    ca: rcgen::CertifiedIssuer<'static, rcgen::KeyPair>,
+}
+
+impl Pki {
+    fn new() -> Pki {
+        let ca_key = rcgen::KeyPair::generate().unwrap();
+        let mut params = rcgen::CertificateParams::new(Vec::<String>::new()).unwrap();
+        params.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
+        params
+            .distinguished_name
+            .push(rcgen::DnType::CommonName, "ginx test CA");
+        Pki {
+            ca: rcgen::CertifiedIssuer::self_signed(params, ca_key).unwrap(),
+        }
+    }
+
+    /// A leaf for `names`, with a key of `alg`; returns (cert PEM, key PEM, cert DER).
+    fn leaf(
+        &self,
+        names: &[&str],
+        alg: &'static rcgen::SignatureAlgorithm,
+    ) -> (String, String, Vec<u8>) {
+        let key = rcgen::KeyPair::generate_for(alg).unwrap();
+        let params =
+            rcgen::CertificateParams::new(names.iter().map(|s| s.to_string()).collect::<Vec<_>>())
+                .unwrap();
+        let cert = params.signed_by(&key, &self.ca).unwrap();
+        (cert.pem(), key.serialize_pem(), cert.der().to_vec())
+    }
+}
+
+/// A client verifier that accepts any certificate and remembers it: the tests
+/// look at which certificate was served, not whether a client would trust it.
+#[derive(Debug)]
+struct Record(Arc<Mutex<Vec<Vec<u8>>>>);
+
+impl rustls::client::danger::ServerCertVerifier for Record {
+    fn verify_server_cert(
+        &self,
+        end_entity: &CertificateDer<'_>,
+        _: &[CertificateDer<'_>],
+        _: &ServerName<'_>,
+        _: &[u8],
+        _: UnixTime,
+    ) -> Result<rustls::client::danger::ServerCertVerified, rustls::Error> {
+        self.0.lock().unwrap().push(end_entity.to_vec());
+        Ok(rustls::client::danger::ServerCertVerified::assertion())
+    }
+    fn verify_tls12_signature(
+        &self,
+        m: &[u8],
+        c: &CertificateDer<'_>,
+        d: &rustls::DigitallySignedStruct,
+    ) -> Result<rustls::client::danger::HandshakeSignatureValid, rustls::Error> {
+        let p = rustls::crypto::ring::default_provider();
+        rustls::crypto::verify_tls12_signature(m, c, d, &p.signature_verification_algorithms)
+    }
+    fn verify_tls13_signature(
+        &self,
+        m: &[u8],
+        c: &CertificateDer<'_>,
+        d: &rustls::DigitallySignedStruct,
+    ) -> Result<rustls::client::danger::HandshakeSignatureValid, rustls::Error> {
+        let p = rustls::crypto::ring::default_provider();
+        rustls::crypto::verify_tls13_signature(m, c, d, &p.signature_verification_algorithms)
+    }
+    fn supported_verify_schemes(&self) -> Vec<rustls::SignatureScheme> {
+        rustls::crypto::ring::default_provider()
+            .signature_verification_algorithms
+            .supported_schemes()
+    }
+}
+
+struct Client {
+    config: Arc<rustls::ClientConfig>,
+    seen: Arc<Mutex<Vec<Vec<u8>>>>,
+}
+
+fn client(alpn: &[&[u8]], versions: &[&'static rustls::SupportedProtocolVersion]) -> Client {
+    let seen = Arc::new(Mutex::new(Vec::new()));
+    let mut config = rustls::ClientConfig::builder_with_provider(Arc::new(
+        rustls::crypto::ring::default_provider(),
+    ))
+    .with_protocol_versions(versions)
+    .unwrap()
+    .dangerous()
+    .with_custom_certificate_verifier(Arc::new(Record(seen.clone())))
+    .with_no_client_auth();
+    config.alpn_protocols = alpn.iter().map(|p| p.to_vec()).collect();
+    Client {
+        config: Arc::new(config),
+        seen,
+    }
+}
+
+async fn connect(
+    c: &Client,
+    addr: std::net::SocketAddr,
+    sni: &str,
+) -> std::io::Result<tokio_rustls::client::TlsStream<tokio::net::TcpStream>> {
+    let tcp = tokio::net::TcpStream::connect(addr).await?;
+    let name = ServerName::try_from(sni.to_string()).unwrap();
+    tokio::time::timeout(
+        common::IO_LIMIT,
+        tokio_rustls::TlsConnector::from(c.config.clone()).connect(name, tcp),
+    )
+    .await
+    .expect("handshake in time")
+}
+
+/// GET over HTTP/1.1 on a TLS connection; returns the body.
+async fn get_h1(c: &Client, addr: std::net::SocketAddr, sni: &str, host: &str) -> String {
+    let mut tls = connect(c, addr, sni).await.expect("handshake");
+    tls.write_all(
+        format!("GET /who HTTP/1.1\r\nHost: {host}\r\nConnection: close\r\n\r\n").as_bytes(),
+    )
+    .await
+    .unwrap();
+    let mut out = Vec::new();
+    let _ = tokio::time::timeout(common::IO_LIMIT, tls.read_to_end(&mut out))
+        .await
+        .unwrap();
+    let r = common::parse_responses(&out).remove(0);
+    r.text()
+}
+
+fn sites(pki: &Pki) -> (Vec<(String, String)>, [Vec<u8>; 3]) {
+    let (dc, dk, dder) = pki.leaf(&["default.test"], &rcgen::PKCS_ECDSA_P256_SHA256);
+    let (ac, ak, ader) = pki.leaf(&["a.test", "*.a.test"], &rcgen::PKCS_ECDSA_P384_SHA384);
+    let (bc, bk, bder) = pki.leaf(&["b.test"], &rcgen::PKCS_ED25519);
+    let files = vec![
+        ("certs/default.pem".to_string(), dc),
+        ("certs/default.key".to_string(), dk),
+        ("certs/a.pem".to_string(), ac),
+        ("certs/a.key".to_string(), ak),
+        ("certs/b.pem".to_string(), bc),
+        ("certs/b.key".to_string(), bk),
+    ];
+    (files, [dder, ader, bder])
+}
+
+const TLS_SITES: &str = r#"
+servers:
+  - listen: ["127.0.0.1:{p0} tls default_server"]
+    server_name: [default.test]
+    tls: { certificate: certs/default.pem, key: certs/default.key }
+    locations:
+      - location: /
+        return: 200 "default $scheme $server_name"
+  - listen: ["127.0.0.1:{p0} tls"]
+    server_name: [a.test, "*.a.test"]
+    tls: { certificate: certs/a.pem, key: certs/a.key }
+    add_header: { Strict-Transport-Security: "max-age=31536000" }
+    locations:
+      - location: /
+        return: 200 "a $scheme $http_x_forwarded_proto"
+  - listen: ["127.0.0.1:{p0} tls"]
+    server_name: [b.test]
+    tls: { certificate: certs/b.pem, key: certs/b.key, protocols: [TLSv1.3] }
+    locations:
+      - location: /
+        return: 200 "b $scheme"
+  # Plain HTTP: redirect to HTTPS.
+  - listen: ["127.0.0.1:{p1}"]
+    locations:
+      - location: /
+        return: 301 https://$host$request_uri
+"#;
+
+async fn start_sites() -> (common::Gateway, [Vec<u8>; 3]) {
+    let pki = Pki::new();
+    let (files, ders) = sites(&pki);
+    let mut all: Vec<(&str, &str)> = files
+        .iter()
+        .map(|(n, t)| (n.as_str(), t.as_str()))
+        .collect();
+    all.push(("ginx.yaml", TLS_SITES));
+    (common::start(&all, 2).await, ders)
+}
+
+#[tokio::test]
+async fn sni_picks_each_certificate_and_the_default_without_it() {
+    let (gw, [default_der, a_der, b_der]) = start_sites().await;
+    let a = gw.addr(0);
+    let c = client(
+        &[b"http/1.1"],
+        &[&rustls::version::TLS13, &rustls::version::TLS12],
+    );
+
+    assert_eq!(get_h1(&c, a, "a.test", "a.test").await, "a https ");
+    assert_eq!(get_h1(&c, a, "www.a.test", "www.a.test").await, "a https ");
+    assert_eq!(get_h1(&c, a, "b.test", "b.test").await, "b https");
+    assert_eq!(
+        get_h1(&c, a, "unknown.test", "unknown.test").await,
+        "default https default.test"
+    );
+    // An IP address as the name: rustls sends no SNI.
+    assert_eq!(
+        get_h1(&c, a, "127.0.0.1", "default.test").await,
+        "default https default.test"
+    );
+    let seen = c.seen.lock().unwrap().clone();
+    assert_eq!(
+        seen,
+        vec![
+            a_der.clone(),
+            a_der,
+            b_der,
+            default_der.clone(),
+            default_der
+        ]
+    );
+    gw.stop().await;
+}
+
+#[tokio::test]
+async fn http2_is_negotiated_and_served_and_headers_say_https() {
+    let (gw, _) = start_sites().await;
+    let c = client(&[b"h2", b"http/1.1"], &[&rustls::version::TLS13]);
+    let tls = connect(&c, gw.addr(0), "a.test").await.unwrap();
+    assert_eq!(tls.get_ref().1.alpn_protocol(), Some(&b"h2"[..]));
+    let (mut sender, conn) = hyper::client::conn::http2::handshake(
+        hyper_util::rt::TokioExecutor::new(),
+        hyper_util::rt::TokioIo::new(tls),
+    )
+    .await
+    .unwrap();
+    tokio::spawn(conn);
+    for _ in 0..3 {
+        let req = http::Request::builder()
+            .uri("https://a.test/x")
+            .header("x-forwarded-proto", "spoofed")
+            .body(http_body_util::Empty::<bytes::Bytes>::new())
+            .unwrap();
+        let resp = sender.send_request(req).await.unwrap();
+        assert_eq!(resp.version(), http::Version::HTTP_2);
+        assert_eq!(
+            resp.headers()["strict-transport-security"],
+            "max-age=31536000"
+        );
+        let body = http_body_util::BodyExt::collect(resp.into_body())
+            .await
+            .unwrap()
+            .to_bytes();
+        assert_eq!(&body[..], b"a https spoofed");
+    }
+    gw.stop().await;
+}
+
+#[tokio::test]
+async fn protocols_are_enforced_and_http_redirects_to_https() {
+    let (gw, _) = start_sites().await;
+    // The default server allows 1.2 and 1.3: a 1.2-only client is served.
+    let tls12 = client(&[b"http/1.1"], &[&rustls::version::TLS12]);
+    assert_eq!(
+        get_h1(&tls12, gw.addr(0), "a.test", "a.test").await,
+        "a https "
+    );
+    // Redirect to HTTPS from the plain listener.
+    let r = common::get(gw.addr(1), "shop.test", "/cart?id=1").await;
+    assert_eq!(
+        (r.status, r.header("location")),
+        (301, Some("https://shop.test/cart?id=1"))
+    );
+    gw.stop().await;
+}
+
+#[tokio::test]
+async fn a_tls_13_only_default_refuses_tls_12() {
+    let pki = Pki::new();
+    let (c, k, _) = pki.leaf(&["only13.test"], &rcgen::PKCS_ECDSA_P256_SHA256);
+    let yaml = r#"
+servers:
+  - listen: ["127.0.0.1:{p0} tls"]
+    tls: { certificate: c.pem, key: c.key, protocols: [TLSv1.3] }
+    locations: [{ location: /, return: 204 }]
+"#;
+    let gw = common::start(&[("c.pem", &c), ("c.key", &k), ("ginx.yaml", yaml)], 1).await;
+    let tls12 = client(&[b"http/1.1"], &[&rustls::version::TLS12]);
+    assert!(connect(&tls12, gw.addr(0), "only13.test").await.is_err());
+    let tls13 = client(&[b"http/1.1"], &[&rustls::version::TLS13]);
+    assert!(connect(&tls13, gw.addr(0), "only13.test").await.is_ok());
+    gw.stop().await;
+}
+
+#[test]
+fn bad_certificate_files_are_configuration_errors() {
+    let pki = Pki::new();
+    let (c1, _k1, _) = pki.leaf(&["one.test"], &rcgen::PKCS_ECDSA_P256_SHA256);
+    let (_c2, k2, _) = pki.leaf(&["two.test"], &rcgen::PKCS_ECDSA_P256_SHA256);
+    let yaml = r#"servers:
+  - listen: ["127.0.0.1:8443 tls"]
+    server_name: [one.test, other.test]
+    tls: { certificate: one.pem, key: two.key }
+    locations: [{ location: /, return: 204 }]
+  - listen: ["127.0.0.1:8444 tls"]
+    tls: { certificate: missing.pem, key: two.key }
+    locations: [{ location: /, return: 204 }]
+  - listen: ["127.0.0.1:8445 tls"]
+    tls: { certificate: one.pem, key: one.pem, protocols: [TLSv1.1] }
+    locations: [{ location: /, return: 204 }]
+"#;
+    let dir = common::write_files(
+        &[("one.pem", &c1), ("two.key", &k2), ("ginx.yaml", yaml)],
+        &[],
+    );
+    let out = std::process::Command::new(common::ginx_bin())
+        .current_dir(dir.path())
+        .arg("-t")
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{err}");
+    let path = |f: &str| dir.path().join(f).display().to_string();
+    assert!(
+        err.contains(&format!(
+            "ginx.yaml:4:25: tls: the key {} does not belong to the certificate {}",
+            path("two.key"),
+            path("one.pem")
+        )),
+        "{err}"
+    );
+    assert!(
+        err.contains(&format!(
+            "ginx.yaml:7:25: tls: cannot read the certificate {}",
+            path("missing.pem")
+        )),
+        "{err}"
+    );
+    assert!(
+        err.contains("ginx.yaml:10:60: protocols: TLSv1.1 is not offered by ginx"),
+        "{err}"
+    );
+    assert!(err.contains("holds no private key"), "{err}");
+    assert!(
+        !err.contains("the default server of a tls address"),
+        "a failed certificate is reported once: {err}"
+    );
+}
+
+#[test]
+fn a_tls_address_needs_a_certificate_on_its_default_server() {
+    let yaml = "servers:\n  - listen: [\"127.0.0.1:8443 tls\"]\n    locations: [{ location: /, return: 204 }]\n";
+    let dir = common::write_files(&[("ginx.yaml", yaml)], &[]);
+    let out = std::process::Command::new(common::ginx_bin())
+        .current_dir(dir.path())
+        .arg("-t")
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1));
+    assert!(
+        err.contains("ginx.yaml:2:14: listen 127.0.0.1:8443 tls: the default server of a tls address needs tls: certificate and key"),
+        "{err}"
+    );
+}
+
+#[test]
+fn names_the_certificate_does_not_cover_are_warnings() {
+    let pki = Pki::new();
+    let (c, k, _) = pki.leaf(&["one.test"], &rcgen::PKCS_ECDSA_P256_SHA256);
+    let yaml = r#"servers:
+  - listen: ["127.0.0.1:8443 tls"]
+    server_name: [one.test, other.test]
+    tls: { certificate: one.pem, key: one.key }
+    locations: [{ location: /, return: 204 }]
+"#;
+    let dir = common::write_files(
+        &[("one.pem", &c), ("one.key", &k), ("ginx.yaml", yaml)],
+        &[],
+    );
+    let out = std::process::Command::new(common::ginx_bin())
+        .current_dir(dir.path())
+        .arg("-t")
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(0));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("ginx: warning: ginx.yaml:3:29: server name \"other.test\" is not covered by the certificate one.pem"),
+        "{err}"
+    );
+    assert!(!err.contains("\"one.test\""), "{err}");
+}

@@ -45,7 +45,11 @@ pub struct UpstreamRuntime {
     pub upstream: Arc<Upstream>,
     pub balancer: Arc<Balancer>,
     pub client: UpstreamClient,
+    /// For `proxy_pass: https://`: the same pool settings over TLS.
+    pub tls_client: Option<TlsUpstreamClient>,
 }
+
+pub type TlsUpstreamClient = Client<crate::tls::UpstreamConnector, RequestBody>;
 
 /// Pools (clients) by upstream name and the settings that shape them, so a
 /// reload that keeps a group keeps its open connections.
@@ -98,6 +102,19 @@ impl ClientRegistry {
                 upstream: u.clone(),
                 balancer,
                 client: self.client_for(u, &mut kept),
+                tls_client: u.tls_client.as_ref().map(|(config, name)| {
+                    let connector = crate::tls::UpstreamConnector::new(
+                        config.clone(),
+                        name.clone(),
+                        u.connect_timeout,
+                    );
+                    Client::builder(TokioExecutor::new())
+                        .pool_max_idle_per_host(u.keepalive)
+                        .pool_idle_timeout(u.keepalive_timeout)
+                        .pool_timer(hyper_util::rt::TokioTimer::new())
+                        .http2_only(u.protocol == Protocol::Http2)
+                        .build(connector)
+                }),
             })
             .collect();
         *self.clients.lock().unwrap_or_else(|e| e.into_inner()) = kept;
@@ -195,7 +212,8 @@ pub async fn forward(
         let peer = &rt.balancer.peers[i];
         report.addr = Some(peer.addr);
         report.attempts += 1;
-        let uri: Uri = match format!("http://{}{}", peer.addr, path_and_query).parse() {
+        let scheme = if pass.https { "https" } else { "http" };
+        let uri: Uri = match format!("{scheme}://{}{}", peer.addr, path_and_query).parse() {
             Ok(u) => u,
             Err(e) => {
                 return Err(ForwardError::new(
@@ -212,14 +230,34 @@ pub async fn forward(
 
         let in_flight = InFlight::new(&peer.state);
         let started = Instant::now();
-        let result = send(
-            &rt.client,
-            request,
-            progress.as_deref(),
-            send_timeout,
-            read_timeout,
-        )
-        .await;
+        let result = match (&rt.tls_client, pass.https) {
+            (_, false) => {
+                send(
+                    &rt.client,
+                    request,
+                    progress.as_deref(),
+                    send_timeout,
+                    read_timeout,
+                )
+                .await
+            }
+            (Some(tls), true) => {
+                send(
+                    tls,
+                    request,
+                    progress.as_deref(),
+                    send_timeout,
+                    read_timeout,
+                )
+                .await
+            }
+            (None, true) => {
+                return Err(ForwardError::new(
+                    StatusCode::BAD_GATEWAY,
+                    format!("upstream {:?} has no usable TLS settings", upstream.name),
+                ))
+            }
+        };
         report.response_time = Some(started.elapsed());
         let retry_body_ok = body.replayable();
         match result {
@@ -339,13 +377,16 @@ struct Failure {
 /// Send and wait for the response head. While a streamed body is still
 /// going up, `send_timeout` bounds each pause in it; once it is sent (or when
 /// there is none), `read_timeout` bounds the wait for the head.
-async fn send(
-    client: &UpstreamClient,
+async fn send<C>(
+    client: &Client<C, RequestBody>,
     request: Request<RequestBody>,
     progress: Option<&BodyProgress>,
     send_timeout: Duration,
     read_timeout: Duration,
-) -> Result<Response<Incoming>, Failure> {
+) -> Result<Response<Incoming>, Failure>
+where
+    C: hyper_util::client::legacy::connect::Connect + Clone + Send + Sync + 'static,
+{
     let response = client.request(request);
     tokio::pin!(response);
     let start = Instant::now();

@@ -172,3 +172,233 @@ pub fn server_config(
     config.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
     Ok(Arc::new(config))
 }
+
+// ---------------------------------------------------------------------------
+// TLS to upstreams (`proxy_pass: https://...`).
+
+use crate::compile::upstream::UpstreamTls;
+use hyper_util::client::legacy::connect::{Connected, Connection};
+use hyper_util::rt::TokioIo;
+use std::future::Future;
+use std::pin::Pin;
+use std::task::{Context, Poll};
+use std::time::Duration;
+
+type BoxError = Box<dyn std::error::Error + Send + Sync>;
+
+/// An upstream group's TLS client settings, built when the configuration is
+/// compiled: the roots (`tls.ca`, else the webpki roots), verification
+/// (`verify: false` must be written to turn it off), a client certificate for
+/// mTLS, and ALPN (h2 for `protocol: http2`, else http/1.1).
+pub fn client_config(tls: &UpstreamTls, http2: bool) -> Result<Arc<rustls::ClientConfig>, String> {
+    let builder = rustls::ClientConfig::builder_with_provider(provider())
+        .with_safe_default_protocol_versions()
+        .map_err(|e| format!("tls: {e}"))?;
+    let builder = if tls.verify {
+        let mut roots = rustls::RootCertStore::empty();
+        match &tls.ca {
+            Some(ca) => {
+                for cert in read_chain(ca)? {
+                    roots
+                        .add(cert)
+                        .map_err(|e| format!("tls.ca {}: {e}", ca.display()))?;
+                }
+            }
+            None => roots.extend(webpki_roots::TLS_SERVER_ROOTS.iter().cloned()),
+        }
+        builder.with_root_certificates(roots)
+    } else {
+        builder
+            .dangerous()
+            .with_custom_certificate_verifier(Arc::new(NoVerification))
+    };
+    let mut config = match (&tls.certificate, &tls.key) {
+        (Some(cert), Some(key)) => {
+            let pair = load_certified_key(cert, key)?;
+            let key_der = PrivateKeyDer::from_pem_file(key)
+                .map_err(|e| format!("cannot read the key {}: {e}", key.display()))?;
+            builder
+                .with_client_auth_cert(pair.cert.clone(), key_der)
+                .map_err(|e| format!("tls client certificate {}: {e}", cert.display()))?
+        }
+        _ => builder.with_no_client_auth(),
+    };
+    config.alpn_protocols = if http2 {
+        vec![b"h2".to_vec()]
+    } else {
+        vec![b"http/1.1".to_vec()]
+    };
+    Ok(Arc::new(config))
+}
+
+/// The name an upstream's certificate is checked against and sent as SNI:
+/// `tls.sni`, else the proxy_pass host (the upstream's name, or the host of a
+/// literal address). An IP address is checked against the certificate's IP
+/// names and sends no SNI.
+pub fn upstream_server_name(
+    tls: &UpstreamTls,
+    proxy_host: &str,
+) -> Result<ServerName<'static>, String> {
+    let name = match &tls.sni {
+        Some(s) => s.clone(),
+        None => match proxy_host.rsplit_once(':') {
+            Some((h, p)) if p.parse::<u16>().is_ok() => {
+                h.trim_start_matches('[').trim_end_matches(']').to_string()
+            }
+            _ => proxy_host.to_string(),
+        },
+    };
+    ServerName::try_from(name.clone())
+        .map_err(|_| format!("tls: {name:?} cannot be a TLS server name; set tls.sni"))
+}
+
+/// Accepts any upstream certificate: only with `verify: false`.
+#[derive(Debug)]
+struct NoVerification;
+
+impl rustls::client::danger::ServerCertVerifier for NoVerification {
+    fn verify_server_cert(
+        &self,
+        _: &CertificateDer<'_>,
+        _: &[CertificateDer<'_>],
+        _: &ServerName<'_>,
+        _: &[u8],
+        _: rustls::pki_types::UnixTime,
+    ) -> Result<rustls::client::danger::ServerCertVerified, rustls::Error> {
+        Ok(rustls::client::danger::ServerCertVerified::assertion())
+    }
+    fn verify_tls12_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &rustls::DigitallySignedStruct,
+    ) -> Result<rustls::client::danger::HandshakeSignatureValid, rustls::Error> {
+        rustls::crypto::verify_tls12_signature(
+            message,
+            cert,
+            dss,
+            &provider().signature_verification_algorithms,
+        )
+    }
+    fn verify_tls13_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &rustls::DigitallySignedStruct,
+    ) -> Result<rustls::client::danger::HandshakeSignatureValid, rustls::Error> {
+        rustls::crypto::verify_tls13_signature(
+            message,
+            cert,
+            dss,
+            &provider().signature_verification_algorithms,
+        )
+    }
+    fn supported_verify_schemes(&self) -> Vec<rustls::SignatureScheme> {
+        provider()
+            .signature_verification_algorithms
+            .supported_schemes()
+    }
+}
+
+/// Dials a peer (the URI's address) and speaks TLS to it with the group's
+/// server name: the pooled client's connector for `https` upstreams.
+#[derive(Clone)]
+pub struct UpstreamConnector {
+    tls: tokio_rustls::TlsConnector,
+    name: ServerName<'static>,
+    connect_timeout: Duration,
+}
+
+impl UpstreamConnector {
+    pub fn new(
+        config: Arc<rustls::ClientConfig>,
+        name: ServerName<'static>,
+        connect_timeout: Duration,
+    ) -> Self {
+        UpstreamConnector {
+            tls: tokio_rustls::TlsConnector::from(config),
+            name,
+            connect_timeout,
+        }
+    }
+}
+
+impl tower_service::Service<http::Uri> for UpstreamConnector {
+    type Response = UpstreamTlsStream;
+    type Error = BoxError;
+    type Future = Pin<Box<dyn Future<Output = Result<UpstreamTlsStream, BoxError>> + Send>>;
+
+    fn poll_ready(&mut self, _: &mut Context<'_>) -> Poll<Result<(), BoxError>> {
+        Poll::Ready(Ok(()))
+    }
+
+    fn call(&mut self, uri: http::Uri) -> Self::Future {
+        let this = self.clone();
+        Box::pin(async move {
+            let host = uri.host().ok_or("upstream URI without a host")?;
+            let port = uri.port_u16().unwrap_or(443);
+            let host = host.trim_start_matches('[').trim_end_matches(']');
+            let connect = tokio::net::TcpStream::connect((host, port));
+            let tcp = tokio::time::timeout(this.connect_timeout, connect)
+                .await
+                .map_err(|_| format!("connect_timeout ({:?})", this.connect_timeout))??;
+            let _ = tcp.set_nodelay(true);
+            let tls = this
+                .tls
+                .connect(this.name.clone(), tcp)
+                .await
+                .map_err(|e| format!("TLS handshake: {e}"))?;
+            Ok(UpstreamTlsStream(TokioIo::new(tls)))
+        })
+    }
+}
+
+/// A TLS connection to an upstream, as hyper's client drives it.
+pub struct UpstreamTlsStream(TokioIo<tokio_rustls::client::TlsStream<tokio::net::TcpStream>>);
+
+impl Connection for UpstreamTlsStream {
+    fn connected(&self) -> Connected {
+        let connected = Connected::new();
+        if self.0.inner().get_ref().1.alpn_protocol() == Some(b"h2") {
+            connected.negotiated_h2()
+        } else {
+            connected
+        }
+    }
+}
+
+impl hyper::rt::Read for UpstreamTlsStream {
+    fn poll_read(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: hyper::rt::ReadBufCursor<'_>,
+    ) -> Poll<std::io::Result<()>> {
+        Pin::new(&mut self.0).poll_read(cx, buf)
+    }
+}
+
+impl hyper::rt::Write for UpstreamTlsStream {
+    fn poll_write(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<std::io::Result<usize>> {
+        Pin::new(&mut self.0).poll_write(cx, buf)
+    }
+    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        Pin::new(&mut self.0).poll_flush(cx)
+    }
+    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        Pin::new(&mut self.0).poll_shutdown(cx)
+    }
+    fn is_write_vectored(&self) -> bool {
+        self.0.is_write_vectored()
+    }
+    fn poll_write_vectored(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &[std::io::IoSlice<'_>],
+    ) -> Poll<std::io::Result<usize>> {
+        Pin::new(&mut self.0).poll_write_vectored(cx, bufs)
+    }
+}

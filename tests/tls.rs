@@ -34,9 +34,13 @@ impl Pki {
         alg: &'static rcgen::SignatureAlgorithm,
     ) -> (String, String, Vec<u8>) {
         let key = rcgen::KeyPair::generate_for(alg).unwrap();
-        let params =
+        let mut params =
             rcgen::CertificateParams::new(names.iter().map(|s| s.to_string()).collect::<Vec<_>>())
                 .unwrap();
+        params.extended_key_usages = vec![
+            rcgen::ExtendedKeyUsagePurpose::ServerAuth,
+            rcgen::ExtendedKeyUsagePurpose::ClientAuth,
+        ];
         let cert = params.signed_by(&key, &self.ca).unwrap();
         (cert.pem(), key.serialize_pem(), cert.der().to_vec())
     }
@@ -394,4 +398,154 @@ fn names_the_certificate_does_not_cover_are_warnings() {
         "{err}"
     );
     assert!(!err.contains("\"one.test\""), "{err}");
+}
+
+/// An HTTPS upstream answering "NAME <path>"; with `client_ca`, it requires a
+/// client certificate signed by that CA.
+async fn tls_upstream(
+    name: &'static str,
+    pki: &Pki,
+    cert_names: &[&str],
+    client_ca: Option<&Pki>,
+) -> std::net::SocketAddr {
+    let (cert_pem, key_pem, _) = pki.leaf(cert_names, &rcgen::PKCS_ECDSA_P256_SHA256);
+    let chain: Vec<CertificateDer<'static>> =
+        rustls::pki_types::pem::PemObject::pem_slice_iter(cert_pem.as_bytes())
+            .collect::<Result<_, _>>()
+            .unwrap();
+    let key: rustls::pki_types::PrivateKeyDer<'static> =
+        rustls::pki_types::pem::PemObject::from_pem_slice(key_pem.as_bytes()).unwrap();
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let builder = rustls::ServerConfig::builder_with_provider(provider.clone())
+        .with_safe_default_protocol_versions()
+        .unwrap();
+    let builder = match client_ca {
+        Some(ca) => {
+            let mut roots = rustls::RootCertStore::empty();
+            roots.add(ca.ca.der().clone()).unwrap();
+            let verifier = rustls::server::WebPkiClientVerifier::builder_with_provider(
+                Arc::new(roots),
+                provider,
+            )
+            .build()
+            .unwrap();
+            builder.with_client_cert_verifier(verifier)
+        }
+        None => builder.with_no_client_auth(),
+    };
+    let mut config = builder.with_single_cert(chain, key).unwrap();
+    config.alpn_protocols = vec![b"http/1.1".to_vec()];
+    let acceptor = tokio_rustls::TlsAcceptor::from(Arc::new(config));
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(async move {
+        loop {
+            let Ok((tcp, _)) = listener.accept().await else {
+                continue;
+            };
+            let acceptor = acceptor.clone();
+            tokio::spawn(async move {
+                let Ok(tls) = acceptor.accept(tcp).await else {
+                    return;
+                };
+                let service = hyper::service::service_fn(
+                    move |req: http::Request<hyper::body::Incoming>| async move {
+                        let body = format!("{name} {}", req.uri().path());
+                        Ok::<_, std::convert::Infallible>(http::Response::new(
+                            http_body_util::Full::new(bytes::Bytes::from(body)),
+                        ))
+                    },
+                );
+                let _ = hyper::server::conn::http1::Builder::new()
+                    .serve_connection(hyper_util::rt::TokioIo::new(tls), service)
+                    .await;
+            });
+        }
+    });
+    addr
+}
+
+#[tokio::test]
+async fn upstream_tls_is_verified_by_default_and_mtls_works() {
+    let pki = Pki::new();
+    let other = Pki::new();
+    let secure = tls_upstream("secure", &pki, &["secure.test"], None).await;
+    let mtls = tls_upstream("mtls", &pki, &["mtls.test"], Some(&pki)).await;
+    let (client_cert, client_key, _) = pki.leaf(&["ginx-client"], &rcgen::PKCS_ECDSA_P256_SHA256);
+    let yaml = format!(
+        r#"
+upstreams:
+  secure.test: {{ servers: ["{secure}"], tls: {{ ca: ca.pem }} }}
+  renamed: {{ servers: ["{secure}"], tls: {{ ca: ca.pem, sni: secure.test }} }}
+  wrong.test: {{ servers: ["{secure}"], tls: {{ ca: ca.pem }} }}
+  untrusted: {{ servers: ["{secure}"], tls: {{ ca: other-ca.pem, sni: secure.test }} }}
+  public-roots: {{ servers: ["{secure}"], tls: {{ sni: secure.test }} }}
+  unverified: {{ servers: ["{secure}"], tls: {{ verify: false }} }}
+  mtls.test: {{ servers: ["{mtls}"], tls: {{ ca: ca.pem, certificate: client.pem, key: client.key }} }}
+  no-client-cert: {{ servers: ["{mtls}"], tls: {{ ca: ca.pem, sni: mtls.test }} }}
+servers:
+  - listen: ["127.0.0.1:{{p0}}"]
+    locations:
+      - {{ location: /secure/, proxy_pass: https://secure.test }}
+      - {{ location: /renamed/, proxy_pass: https://renamed }}
+      - {{ location: /wrong/, proxy_pass: https://wrong.test }}
+      - {{ location: /untrusted/, proxy_pass: https://untrusted }}
+      - {{ location: /public/, proxy_pass: https://public-roots }}
+      - {{ location: /unverified/, proxy_pass: https://unverified }}
+      - {{ location: /mtls/, proxy_pass: https://mtls.test }}
+      - {{ location: /no-client-cert/, proxy_pass: https://no-client-cert }}
+"#
+    );
+    let ca = pki.ca.pem();
+    let other_ca = other.ca.pem();
+    let gw = common::start(
+        &[
+            ("ca.pem", &ca),
+            ("other-ca.pem", &other_ca),
+            ("client.pem", &client_cert),
+            ("client.key", &client_key),
+            ("ginx.yaml", &yaml),
+        ],
+        1,
+    )
+    .await;
+    let a = gw.addr(0);
+    let answer = |path: &'static str| async move { common::answer(a, "x", path).await };
+    assert_eq!(answer("/secure/x").await, (200, "secure /secure/x".into()));
+    assert_eq!(
+        answer("/renamed/x").await,
+        (200, "secure /renamed/x".into()),
+        "tls.sni sets the name checked"
+    );
+    assert_eq!(
+        answer("/wrong/x").await.0,
+        502,
+        "a certificate for another name is refused"
+    );
+    assert_eq!(
+        answer("/untrusted/x").await.0,
+        502,
+        "a certificate from another CA is refused"
+    );
+    assert_eq!(
+        answer("/public/x").await.0,
+        502,
+        "the public roots do not trust the test CA"
+    );
+    assert_eq!(
+        answer("/unverified/x").await,
+        (200, "secure /unverified/x".into()),
+        "verify: false, written out"
+    );
+    assert_eq!(
+        answer("/mtls/x").await,
+        (200, "mtls /mtls/x".into()),
+        "the client certificate is offered"
+    );
+    assert_eq!(
+        answer("/no-client-cert/x").await.0,
+        502,
+        "an upstream that requires mTLS refuses a client without one"
+    );
+    gw.stop().await;
 }

@@ -113,6 +113,11 @@ pub struct Upstream {
     pub next_upstream_tries: usize,
     pub protocol: Protocol,
     pub tls: UpstreamTls,
+    /// The rustls client for `proxy_pass: https://` and the name it checks.
+    pub tls_client: Option<(
+        Arc<rustls::ClientConfig>,
+        rustls::pki_types::ServerName<'static>,
+    )>,
     pub health_check: Option<HealthCheck>,
 }
 
@@ -151,6 +156,15 @@ impl Upstream {
             tls: UpstreamTls {
                 verify: true,
                 ..Default::default()
+            },
+            tls_client: {
+                let tls = UpstreamTls {
+                    verify: true,
+                    ..Default::default()
+                };
+                crate::tls::client_config(&tls, false)
+                    .ok()
+                    .zip(crate::tls::upstream_server_name(&tls, addr).ok())
             },
             health_check: None,
         }
@@ -342,6 +356,23 @@ pub fn compile_upstream(
             );
         }
     }
+    let tls_client = {
+        let built =
+            crate::tls::client_config(&tls, protocol == Protocol::Http2).and_then(|config| {
+                crate::tls::upstream_server_name(&tls, &name.value).map(|n| (config, n))
+            });
+        match built {
+            Ok(pair) => Some(pair),
+            Err(e) => {
+                let at = u
+                    .tls
+                    .as_ref()
+                    .map_or(origin.clone(), |t| c.origin(&t.referenced));
+                c.push(at, format!("upstream {:?}: {e}", name.value));
+                None
+            }
+        }
+    };
     let health_check = u.health_check.as_ref().map(|h| {
         let hv = &h.value;
         let expect = match hv.expect.as_ref() {
@@ -415,6 +446,7 @@ pub fn compile_upstream(
         ) as usize,
         protocol,
         tls,
+        tls_client,
         health_check,
         servers,
     }

@@ -285,6 +285,7 @@ pub async fn forward(
                     location,
                     read_timeout,
                     in_flight,
+                    accepts_trailers(info.headers),
                 ));
             }
             Err(failure) => {
@@ -461,7 +462,14 @@ static X_FORWARDED_HOST: HeaderName = HeaderName::from_static("x-forwarded-host"
 /// ("" removes).
 fn upstream_headers(info: &RequestInfo<'_>, routed: &Routed<'_>, location: &Location) -> HeaderMap {
     let mut headers = info.headers.clone();
+    let accepts_trailers = accepts_trailers(info.headers);
     strip_hop_by_hop(&mut headers);
+    // ginx answers `Expect: 100-continue` itself; the upstream gets the body anyway.
+    headers.remove(header::EXPECT);
+    if accepts_trailers {
+        // gRPC needs it, and trailers can only come back if it goes up.
+        headers.insert(header::TE, HeaderValue::from_static("trailers"));
+    }
     if !headers.contains_key(header::HOST) {
         if let Some(v) = info
             .uri
@@ -510,9 +518,15 @@ fn downstream_response(
     location: &Location,
     read_timeout: Duration,
     in_flight: InFlight,
+    client_accepts_trailers: bool,
 ) -> Response<crate::serve::body::ResponseBody> {
     let (mut parts, body) = response.into_parts();
+    let announced = parts.headers.get(header::TRAILER).cloned();
     strip_hop_by_hop(&mut parts.headers);
+    if let (true, Some(t)) = (client_accepts_trailers, announced) {
+        // The announcement is what lets hyper send the trailer fields on HTTP/1.1.
+        parts.headers.insert(header::TRAILER, t);
+    }
     parts.headers.remove(header::SERVER);
     parts.headers.remove(header::DATE);
     for name in location.headers.proxy_hide_header.iter() {
@@ -520,6 +534,16 @@ fn downstream_response(
     }
     let body = crate::serve::body::ResponseBody::upstream(body, read_timeout, in_flight);
     Response::from_parts(parts, body)
+}
+
+/// Did the client say `TE: trailers` (HTTP/1.1), or speak HTTP/2 (where trailers always work)?
+fn accepts_trailers(headers: &HeaderMap) -> bool {
+    headers
+        .get_all(header::TE)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(','))
+        .any(|t| t.trim().eq_ignore_ascii_case("trailers"))
 }
 
 /// The protocol a request asks to upgrade to (`Connection: upgrade` plus `Upgrade`).

@@ -314,11 +314,15 @@ async fn drive<I>(
     };
 
     let mut builder = auto::Builder::new(TokioExecutor::new());
-    builder
-        .http1()
-        .keep_alive(true)
-        // hyper's own limit is a fallback for pipelined heads the wrapper does not see.
-        .max_buf_size((limits.max_header_size + 4096).max(8192));
+    // hyper's read buffer bounds both a head and each read of a body. On plain
+    // connections the IO wrapper enforces the head limit itself, so the buffer
+    // can be large enough for fast uploads; under TLS it is the head limit.
+    let read_buffer = if info.tls {
+        (limits.max_header_size + 4096).max(8192)
+    } else {
+        (limits.max_header_size + 4096).max(256 * 1024)
+    };
+    builder.http1().keep_alive(true).max_buf_size(read_buffer);
     builder
         .http2()
         .max_concurrent_streams(128)

@@ -37,6 +37,11 @@ pub struct Generation {
     pub upstreams: Vec<UpstreamRuntime>,
 }
 
+/// HTTP/2 protections (see `drive`).
+pub const H2_MAX_CONCURRENT_STREAMS: u32 = 128;
+pub const H2_MAX_PENDING_RESETS: usize = 20;
+pub const H2_MAX_LOCAL_ERROR_RESETS: usize = 1024;
+
 /// State shared by every connection of a running gateway.
 pub struct Shared {
     current: ArcSwap<Generation>,
@@ -323,10 +328,18 @@ async fn drive<I>(
         (limits.max_header_size + 4096).max(256 * 1024)
     };
     builder.http1().keep_alive(true).max_buf_size(read_buffer);
+        // HTTP/2 limits, set explicitly (documented in ginx.yaml(5)): at most 128
+    // streams at once; a header list no larger than max_header_size (which
+    // also bounds a CONTINUATION sequence); rapid reset: at most 20 streams
+    // reset by the client before ginx has answered them are tolerated, and
+    // 1,024 streams ginx had to reset for errors, before the connection is
+    // closed with GOAWAY.
     builder
         .http2()
-        .max_concurrent_streams(128)
-        .max_header_list_size(limits.max_header_size as u32);
+        .max_concurrent_streams(H2_MAX_CONCURRENT_STREAMS)
+        .max_header_list_size(limits.max_header_size as u32)
+        .max_pending_accept_reset_streams(H2_MAX_PENDING_RESETS)
+        .max_local_error_reset_streams(H2_MAX_LOCAL_ERROR_RESETS);
     if !http2 {
         builder = builder.http1_only();
     }

@@ -402,3 +402,121 @@ impl hyper::rt::Write for UpstreamTlsStream {
         Pin::new(&mut self.0).poll_write_vectored(cx, bufs)
     }
 }
+
+// ---------------------------------------------------------------------------
+// Certificate expiry, for `ginx -t` warnings. A few lines of DER walking
+// (Certificate → tbsCertificate → validity → notAfter) rather than a full
+// X.509 parser dependency for one field.
+
+/// One DER element: (tag, contents, rest).
+fn der_element(input: &[u8]) -> Option<(u8, &[u8], &[u8])> {
+    let (&tag, rest) = input.split_first()?;
+    let (&first, mut rest) = rest.split_first()?;
+    let len = if first < 0x80 {
+        first as usize
+    } else {
+        let n = (first & 0x7f) as usize;
+        if n == 0 || n > 4 || rest.len() < n {
+            return None;
+        }
+        let len = rest[..n]
+            .iter()
+            .fold(0usize, |acc, b| (acc << 8) | *b as usize);
+        rest = &rest[n..];
+        len
+    };
+    (rest.len() >= len).then(|| (tag, &rest[..len], &rest[len..]))
+}
+
+/// The certificate's notAfter, in seconds since the Unix epoch.
+pub fn not_after(der: &[u8]) -> Option<i64> {
+    let (_, cert, _) = der_element(der)?; // Certificate SEQUENCE
+    let (_, tbs, _) = der_element(cert)?; // tbsCertificate SEQUENCE
+    let mut fields = tbs;
+    let (tag, _, rest) = der_element(fields)?;
+    if tag == 0xa0 {
+        fields = rest; // [0] version
+    }
+    for _ in 0..3 {
+        fields = der_element(fields)?.2; // serialNumber, signature, issuer
+    }
+    let (_, validity, _) = der_element(fields)?;
+    let (_, _, after) = der_element(validity)?; // notBefore
+    let (tag, time, _) = der_element(after)?;
+    let text = std::str::from_utf8(time).ok()?;
+    let digits = |s: &str| s.parse::<i64>().ok();
+    let (year, rest) = match tag {
+        0x17 => {
+            // UTCTime: YYMMDDHHMMSSZ, years 1950-2049.
+            let yy = digits(text.get(0..2)?)?;
+            (if yy < 50 { 2000 + yy } else { 1900 + yy }, text.get(2..)?)
+        }
+        0x18 => (digits(text.get(0..4)?)?, text.get(4..)?), // GeneralizedTime
+        _ => return None,
+    };
+    let month = digits(rest.get(0..2)?)?;
+    let day = digits(rest.get(2..4)?)?;
+    let hour = digits(rest.get(4..6)?)?;
+    let minute = digits(rest.get(6..8)?)?;
+    let second = digits(rest.get(8..10)?)?;
+    Some(days_from_civil(year, month, day) * 86400 + hour * 3600 + minute * 60 + second)
+}
+
+/// (year, month, day) to days since 1970-01-01: Howard Hinnant's algorithm.
+fn days_from_civil(y: i64, m: i64, d: i64) -> i64 {
+    let y = if m <= 2 { y - 1 } else { y };
+    let era = y.div_euclid(400);
+    let yoe = y.rem_euclid(400);
+    let mp = (m + 9) % 12;
+    let doy = (153 * mp + 2) / 5 + d - 1;
+    let doe = yoe * 365 + yoe / 4 - yoe / 100 + doy;
+    era * 146_097 + doe - 719_468
+}
+
+/// A warning when the leaf certificate has expired, for `ginx -t` and at load.
+pub fn expiry_warning(key: &CertifiedKey, file: &str) -> Option<String> {
+    let leaf = key.end_entity_cert().ok()?;
+    let after = not_after(leaf)?;
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .ok()?
+        .as_secs() as i64;
+    (after < now).then(|| {
+        let t = std::time::UNIX_EPOCH + std::time::Duration::from_secs(after.max(0) as u64);
+        format!(
+            "the certificate {file} expired on {}",
+            httpdate::fmt_http_date(t)
+        )
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn civil_days() {
+        assert_eq!(days_from_civil(1970, 1, 1), 0);
+        assert_eq!(days_from_civil(2000, 3, 1), 11017);
+        assert_eq!(days_from_civil(2026, 11, 24), 20781);
+    }
+
+    #[test]
+    fn reads_not_after_of_real_certificates() {
+        let key = rcgen::KeyPair::generate().unwrap();
+        let mut params = rcgen::CertificateParams::new(vec!["x.test".to_string()]).unwrap();
+        params.not_after = rcgen::date_time_ymd(2031, 7, 9);
+        let cert = params.self_signed(&key).unwrap();
+        assert_eq!(
+            not_after(cert.der()),
+            Some(days_from_civil(2031, 7, 9) * 86400)
+        );
+        params.not_after = rcgen::date_time_ymd(2061, 2, 3); // GeneralizedTime from 2050 on
+        let cert = params.self_signed(&key).unwrap();
+        assert_eq!(
+            not_after(cert.der()),
+            Some(days_from_civil(2061, 2, 3) * 86400)
+        );
+        assert_eq!(not_after(b"\x30\x03\x02\x01"), None);
+    }
+}

@@ -549,3 +549,41 @@ servers:
     );
     gw.stop().await;
 }
+
+#[test]
+fn an_expired_certificate_is_a_warning() {
+    let key = rcgen::KeyPair::generate().unwrap();
+    let mut params = rcgen::CertificateParams::new(vec!["old.test".to_string()]).unwrap();
+    params.not_before = rcgen::date_time_ymd(2019, 1, 1);
+    params.not_after = rcgen::date_time_ymd(2020, 1, 1);
+    let cert = params.self_signed(&key).unwrap();
+    let yaml = r#"servers:
+  - listen: ["127.0.0.1:8443 tls"]
+    server_name: [old.test]
+    tls: { certificate: old.pem, key: old.key }
+    locations: [{ location: /, return: 204 }]
+"#;
+    let dir = common::write_files(
+        &[
+            ("old.pem", &cert.pem()),
+            ("old.key", &key.serialize_pem()),
+            ("ginx.yaml", yaml),
+        ],
+        &[],
+    );
+    let out = std::process::Command::new(common::ginx_bin())
+        .current_dir(dir.path())
+        .arg("-t")
+        .output()
+        .unwrap();
+    assert_eq!(
+        out.status.code(),
+        Some(0),
+        "expiry warns, it does not fail the check"
+    );
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("ginx: warning: ginx.yaml:4:25: tls: the certificate old.pem expired on Wed, 01 Jan 2020 00:00:00 GMT"),
+        "{err}"
+    );
+}

@@ -682,6 +682,9 @@ fn compile_server_tls(
             return None;
         }
     };
+    if let Some(w) = crate::tls::expiry_warning(&key, &cert.value) {
+        c.warn(c.origin_of(cert), format!("tls: {w}"));
+    }
     for (pattern, _, origin) in names {
         let name = match pattern {
             NamePattern::Exact(n) => n.clone(),

@@ -328,7 +328,7 @@ async fn drive<I>(
         (limits.max_header_size + 4096).max(256 * 1024)
     };
     builder.http1().keep_alive(true).max_buf_size(read_buffer);
-        // HTTP/2 limits, set explicitly (documented in ginx.yaml(5)): at most 128
+    // HTTP/2 limits, set explicitly (documented in ginx.yaml(5)): at most 128
     // streams at once; a header list no larger than max_header_size (which
     // also bounds a CONTINUATION sequence); rapid reset: at most 20 streams
     // reset by the client before ginx has answered them are tolerated, and

@@ -434,7 +434,7 @@ async fn tls_upstream(
         None => builder.with_no_client_auth(),
     };
     let mut config = builder.with_single_cert(chain, key).unwrap();
-    config.alpn_protocols = vec![b"http/1.1".to_vec()];
+    config.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
     let acceptor = tokio_rustls::TlsAcceptor::from(Arc::new(config));
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();
@@ -450,15 +450,23 @@ async fn tls_upstream(
                 };
                 let service = hyper::service::service_fn(
                     move |req: http::Request<hyper::body::Incoming>| async move {
-                        let body = format!("{name} {}", req.uri().path());
+                        let version = if req.version() == http::Version::HTTP_2 {
+                            " h2"
+                        } else {
+                            ""
+                        };
+                        let body = format!("{name} {}{version}", req.uri().path());
                         Ok::<_, std::convert::Infallible>(http::Response::new(
                             http_body_util::Full::new(bytes::Bytes::from(body)),
                         ))
                     },
                 );
-                let _ = hyper::server::conn::http1::Builder::new()
-                    .serve_connection(hyper_util::rt::TokioIo::new(tls), service)
-                    .await;
+                // HTTP/1.1 or HTTP/2, as ALPN chose.
+                let _ = hyper_util::server::conn::auto::Builder::new(
+                    hyper_util::rt::TokioExecutor::new(),
+                )
+                .serve_connection(hyper_util::rt::TokioIo::new(tls), service)
+                .await;
             });
         }
     });
@@ -483,6 +491,7 @@ upstreams:
   unverified: {{ servers: ["{secure}"], tls: {{ verify: false }} }}
   mtls.test: {{ servers: ["{mtls}"], tls: {{ ca: ca.pem, certificate: client.pem, key: client.key }} }}
   no-client-cert: {{ servers: ["{mtls}"], tls: {{ ca: ca.pem, sni: mtls.test }} }}
+  secure-h2: {{ servers: ["{secure}"], protocol: http2, tls: {{ ca: ca.pem, sni: secure.test }} }}
 servers:
   - listen: ["127.0.0.1:{{p0}}"]
     locations:
@@ -494,6 +503,7 @@ servers:
       - {{ location: /unverified/, proxy_pass: https://unverified }}
       - {{ location: /mtls/, proxy_pass: https://mtls.test }}
       - {{ location: /no-client-cert/, proxy_pass: https://no-client-cert }}
+      - {{ location: /h2/, proxy_pass: https://secure-h2 }}
 "#
     );
     let ca = pki.ca.pem();
@@ -546,6 +556,11 @@ servers:
         answer("/no-client-cert/x").await.0,
         502,
         "an upstream that requires mTLS refuses a client without one"
+    );
+    assert_eq!(
+        answer("/h2/x").await,
+        (200, "secure /h2/x h2".into()),
+        "protocol: http2 over TLS negotiates h2 by ALPN"
     );
     gw.stop().await;
 }

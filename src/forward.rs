@@ -301,11 +301,10 @@ pub async fn forward(
                 peer.record_failure();
                 let listed = match failure.kind {
                     FailureKind::Timeout => upstream.next_upstream.timeout,
-                    FailureKind::NotSent | FailureKind::Error => upstream.next_upstream.error,
+                    FailureKind::Error => upstream.next_upstream.error,
                 };
-                let resend_ok = failure.kind == FailureKind::NotSent
-                    || idempotent
-                    || upstream.next_upstream.non_idempotent;
+                let resend_ok =
+                    !failure.sent || idempotent || upstream.next_upstream.non_idempotent;
                 tracing::error!(
                     upstream = %upstream.name,
                     peer = %peer.addr,
@@ -364,14 +363,15 @@ impl Drop for InFlight {
 
 #[derive(Debug, PartialEq, Eq)]
 enum FailureKind {
-    /// The connection could not be made: nothing was sent.
-    NotSent,
     Timeout,
     Error,
 }
 
 struct Failure {
     kind: FailureKind,
+    /// False when the connection could not be made: nothing was sent, so
+    /// even a non-idempotent request may go to the next server.
+    sent: bool,
     reason: String,
 }
 
@@ -399,16 +399,18 @@ where
         };
         tokio::select! {
             result = &mut response => {
-                return result.map_err(|e| {
-                    let kind = if e.is_connect() { FailureKind::NotSent } else { FailureKind::Error };
-                    Failure { kind, reason: describe_client_error(&e) }
+                                return result.map_err(|e| {
+                    let reason = describe_client_error(&e);
+                    // A connect timeout is a timeout (504), as nginx; nothing was sent.
+                    let kind = if reason.contains("timeout") || reason.contains("timed out") { FailureKind::Timeout } else { FailureKind::Error };
+                    Failure { kind, sent: !e.is_connect(), reason }
                 });
             }
             _ = tokio::time::sleep_until(deadline.into()) => {
                 if Instant::now() >= deadline {
                     let sending = progress.is_some_and(|p| !p.done.load(Relaxed));
                     let what = if sending { "send_timeout while sending the request body" } else { "read_timeout waiting for the response head" };
-                    return Err(Failure { kind: FailureKind::Timeout, reason: what.to_string() });
+                                        return Err(Failure { kind: FailureKind::Timeout, sent: true, reason: what.to_string() });
                 }
             }
         }
@@ -536,7 +538,7 @@ fn downstream_response(
     Response::from_parts(parts, body)
 }
 
-/// Did the client say `TE: trailers` (HTTP/1.1), or speak HTTP/2 (where trailers always work)?
+/// Did the client say `TE: trailers` (gRPC clients do, over HTTP/2 too)?
 fn accepts_trailers(headers: &HeaderMap) -> bool {
     headers
         .get_all(header::TE)

@@ -16,6 +16,7 @@
 //!   rules, streaming bodies, retries, timeouts.
 //! - [`health`]: active health checks whose verdicts the balancers respect.
 //! - [`access_log`]: one line per request, written off the request path.
+//! - [`reload`]: the file watcher, coalescing, and the atomic swap.
 //! - [`explain`]: the `ginx explain` report.
 //!
 //! Forwarding to upstreams, reload, TLS and the admin endpoint are added
@@ -28,6 +29,7 @@ pub mod config;
 pub mod explain;
 pub mod forward;
 pub mod health;
+pub mod reload;
 pub mod route;
 pub mod serve;
 pub mod tls;

@@ -207,7 +207,18 @@ fn run(path: &Path) -> ExitCode {
             }
         };
         tracing::info!(config = %display_path(&path), "ginx started");
+        // Saving a file is a reload; so is SIGHUP.
+        let watcher = match ginx::reload::spawn_watcher(running.shared.clone(), path.clone()) {
+            Ok(task) => Some(task),
+            Err(e) => {
+                tracing::warn!(error = %e, "cannot watch the configuration files; reload with SIGHUP");
+                None
+            }
+        };
         wait_for_stop(&running, &path).await;
+        if let Some(w) = watcher {
+            w.abort();
+        }
         tracing::info!(
             "stopping: letting in-flight requests finish (up to {:?})",
             shutdown_timeout
@@ -237,44 +248,8 @@ async fn wait_for_stop(running: &ginx::serve::Running, path: &Path) {
         tokio::select! {
             _ = term.recv() => return,
             _ = int.recv() => return,
-            _ = hup.recv() => reload(running, path).await,
-        }
-    }
-}
-
-/// Load off the runtime's threads (file reads and name resolution block),
-/// then swap the new configuration in with one atomic store.
-async fn reload(running: &ginx::serve::Running, path: &Path) {
-    let owned = path.to_path_buf();
-    let loaded = match tokio::task::spawn_blocking(move || load_and_compile(&owned)).await {
-        Ok(result) => result,
-        Err(e) => {
-            tracing::error!("reload failed, the running configuration is kept: {e}");
-            return;
-        }
-    };
-    match loaded {
-        Ok(config) => {
-            let old: Vec<SocketAddr> = running
-                .shared
-                .current()
-                .config
-                .listeners
-                .iter()
-                .map(|l| l.addr)
-                .collect();
-            let new: Vec<SocketAddr> = config.listeners.iter().map(|l| l.addr).collect();
-            if old != new {
-                tracing::warn!(
-                    "listen addresses changed: this version applies them on restart only"
-                );
-            }
-            running.shared.install(config);
-            tracing::info!("configuration reloaded");
-        }
-        Err(errors) => {
-            for e in errors.iter() {
-                tracing::error!("reload failed, the running configuration is kept: {e}");
+            _ = hup.recv() => {
+                ginx::reload::reload(&running.shared, path, "SIGHUP").await;
             }
         }
     }

@@ -14,6 +14,9 @@ pub struct Checker<'a> {
     pub errors: &'a mut ConfigErrors,
     /// Things worth saying that do not stop the configuration.
     pub warnings: Vec<crate::config::error::ConfigError>,
+    /// Files other than configuration files that the configuration reads
+    /// (certificates, keys, CAs): reload watches them too.
+    pub files: Vec<PathBuf>,
 }
 
 impl<'a> Checker<'a> {
@@ -22,6 +25,7 @@ impl<'a> Checker<'a> {
             file: file.clone(),
             errors,
             warnings: Vec::new(),
+            files: Vec::new(),
         }
     }
 
@@ -91,6 +95,14 @@ impl<'a> Checker<'a> {
                 default
             }
         }
+    }
+
+    /// A file the configuration reads (a certificate, a key): resolved
+    /// relative to the naming file, and remembered for the reload watcher.
+    pub fn data_file(&mut self, text: &str) -> PathBuf {
+        let p = self.path(text);
+        self.files.push(p.clone());
+        p
     }
 
     /// A path relative to the directory of the file that names it.

@@ -103,7 +103,6 @@ pub struct Location {
     pub client_body_timeout: Duration,
     pub headers: HeaderRules,
     pub access: Arc<[AccessRule]>,
-    pub proxy_connect_timeout: Option<Duration>,
     pub proxy_read_timeout: Option<Duration>,
     pub proxy_send_timeout: Option<Duration>,
 }
@@ -192,6 +191,34 @@ pub struct Config {
     /// Things worth saying that do not stop the configuration (e.g. a server
     /// name given twice on one address).
     pub warnings: Vec<ConfigError>,
+    /// Certificates, keys and CAs the configuration read: a change to one is a reload.
+    pub data_files: Vec<PathBuf>,
+}
+
+impl Config {
+    /// A configuration with nothing in it: the placeholder before the first one.
+    pub fn empty() -> Config {
+        Config {
+            settings: Settings {
+                worker_threads: None,
+                error_log_level: tracing::Level::INFO,
+                error_log_format: LogFormat::Text,
+                access_log: AccessLogTarget::Off,
+                access_log_json: false,
+                server_tokens: true,
+                shutdown_timeout: Duration::from_secs(30),
+                admin_listen: None,
+                max_connections: 10_000,
+            },
+            listeners: Vec::new(),
+            upstreams: Vec::new(),
+            sources: Vec::new(),
+            include_dirs: Vec::new(),
+            main_path: Arc::from(Path::new("")),
+            warnings: Vec::new(),
+            data_files: Vec::new(),
+        }
+    }
 }
 
 impl Config {
@@ -240,6 +267,7 @@ pub fn load_and_compile(main: &Path) -> Result<Config, ConfigErrors> {
 pub fn compile(loaded: Loaded) -> Result<Config, ConfigErrors> {
     let mut errors = ConfigErrors::default();
     let mut warnings = Vec::new();
+    let mut data_files: Vec<PathBuf> = Vec::new();
     let main_file = loaded.main_path.clone();
 
     // Every file's parts in load order: main first.
@@ -278,6 +306,7 @@ pub fn compile(loaded: Loaded) -> Result<Config, ConfigErrors> {
             upstreams.push(Arc::new(upstream::compile_upstream(
                 &mut c, name, body, &named,
             )));
+            data_files.append(&mut c.files);
         }
     }
     let upstream_names: Vec<&str> = upstreams.iter().map(|u| &*u.name).collect();
@@ -295,6 +324,7 @@ pub fn compile(loaded: Loaded) -> Result<Config, ConfigErrors> {
             };
             servers.push(compile_server(&mut c, raw_server, &ctx));
             warnings.append(&mut c.warnings);
+            data_files.append(&mut c.files);
         }
     }
     // A literal `proxy_pass: http://host:port` is an implicit group of one
@@ -340,6 +370,7 @@ pub fn compile(loaded: Loaded) -> Result<Config, ConfigErrors> {
         include_dirs: loaded.include_dirs,
         main_path: loaded.main_path,
         warnings,
+        data_files,
     })
 }
 
@@ -675,7 +706,8 @@ fn compile_server_tls(
     if versions.is_empty() {
         versions = vec![crate::tls::TlsVersion::V1_2, crate::tls::TlsVersion::V1_3];
     }
-    let key = match crate::tls::load_certified_key(&c.path(&cert.value), &c.path(&key.value)) {
+    let (cert_path, key_path) = (c.data_file(&cert.value), c.data_file(&key.value));
+    let key = match crate::tls::load_certified_key(&cert_path, &key_path) {
         Ok(k) => Arc::new(k),
         Err(e) => {
             c.error(cert, format!("tls: {e}"));
@@ -1000,11 +1032,7 @@ fn compile_location(
         ),
         headers,
         access,
-        proxy_connect_timeout: optional_duration(
-            c,
-            l.proxy_connect_timeout.as_ref(),
-            "proxy_connect_timeout",
-        ),
+
         proxy_read_timeout: optional_duration(
             c,
             l.proxy_read_timeout.as_ref(),

@@ -345,10 +345,10 @@ pub fn compile_upstream(
     if let Some(t) = u.tls.as_ref() {
         let t = &t.value;
         tls.verify = t.verify.as_ref().is_none_or(|v| v.value);
-        tls.ca = t.ca.as_ref().map(|p| c.path(&p.value));
+        tls.ca = t.ca.as_ref().map(|p| c.data_file(&p.value));
         tls.sni = t.sni.as_ref().map(|s| s.value.clone());
-        tls.certificate = t.certificate.as_ref().map(|p| c.path(&p.value));
-        tls.key = t.key.as_ref().map(|p| c.path(&p.value));
+        tls.certificate = t.certificate.as_ref().map(|p| c.data_file(&p.value));
+        tls.key = t.key.as_ref().map(|p| c.data_file(&p.value));
         if tls.certificate.is_some() != tls.key.is_some() {
             c.push(
                 origin.clone(),

@@ -310,7 +310,6 @@ pub struct Location {
     pub proxy_set_header: Option<HeaderMapRaw>,
     pub proxy_hide_header: Option<TextList>,
     pub add_header: Option<HeaderMapRaw>,
-    pub proxy_connect_timeout: Option<Text>,
     pub proxy_read_timeout: Option<Text>,
     pub proxy_send_timeout: Option<Text>,
     pub client_max_body_size: Option<Text>,

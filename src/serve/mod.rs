@@ -22,6 +22,7 @@ use http::{Request, Response};
 use hyper::body::Incoming;
 use hyper_util::rt::{TokioExecutor, TokioIo};
 use hyper_util::server::conn::auto;
+use std::collections::HashMap;
 use std::io;
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -50,6 +51,10 @@ pub struct Shared {
     pub access_log: AccessLog,
     /// The health-check tasks of the generation in force.
     health_tasks: std::sync::Mutex<Vec<JoinHandle<()>>>,
+    /// The bound listen sockets, by address.
+    listeners: std::sync::Mutex<HashMap<SocketAddr, ListenerHandle>>,
+    /// What the last reloads did, for /status and metrics.
+    pub reload: std::sync::Mutex<crate::reload::ReloadState>,
     connections: Arc<Semaphore>,
     max_connections: usize,
 }
@@ -82,20 +87,28 @@ impl Shared {
 /// A running gateway: its bound addresses and the means to stop it.
 pub struct Running {
     pub shared: Arc<Shared>,
-    /// The addresses actually bound, in configuration order.
+    /// The addresses bound at start, in configuration order.
     pub bound: Vec<SocketAddr>,
-    stop: watch::Sender<bool>,
-    accept_tasks: Vec<JoinHandle<()>>,
 }
 
 impl Running {
     /// Stop accepting, let in-flight requests finish for up to `grace`, then
     /// return. Returns true when every connection finished in time.
     pub async fn shutdown(self, grace: Duration) -> bool {
-        let _ = self.stop.send(true);
         self.shared.replace_health_tasks(Vec::new());
-        for t in self.accept_tasks {
-            let _ = t.await;
+        let handles: Vec<ListenerHandle> = {
+            let mut listeners = self
+                .shared
+                .listeners
+                .lock()
+                .unwrap_or_else(|e| e.into_inner());
+            listeners.drain().map(|(_, h)| h).collect()
+        };
+        for h in &handles {
+            let _ = h.stop.send(true);
+        }
+        for h in handles {
+            let _ = h.task.await;
         }
         // Every connection holds a permit: all permits back = all connections done.
         let all = self.shared.max_connections as u32;
@@ -105,58 +118,100 @@ impl Running {
     }
 }
 
+/// One bound listen socket: its accept loop and the signal that stops it
+/// (its connections then finish their requests and close).
+pub struct ListenerHandle {
+    stop: watch::Sender<bool>,
+    task: JoinHandle<()>,
+}
+
+impl Shared {
+    /// Make the bound sockets match `config` and put it in force: new
+    /// addresses are bound first (a failure changes nothing), then the
+    /// configuration is swapped in, then new sockets start accepting and
+    /// removed ones stop.
+    pub fn apply(self: &Arc<Self>, config: Config) -> io::Result<()> {
+        self.apply_with(config, Vec::new()).map(|_| ())
+    }
+
+    fn apply_with(
+        self: &Arc<Self>,
+        config: Config,
+        prebound: Vec<std::net::TcpListener>,
+    ) -> io::Result<Vec<SocketAddr>> {
+        let wanted = addresses_to_bind(&config);
+        let mut prebound: Vec<Option<std::net::TcpListener>> =
+            prebound.into_iter().map(Some).collect();
+        let mut fresh = Vec::new();
+        {
+            let current = self.listeners.lock().unwrap_or_else(|e| e.into_inner());
+            for &addr in wanted.iter().filter(|a| !current.contains_key(a)) {
+                let given = prebound
+                    .iter_mut()
+                    .find(|l| l.as_ref().and_then(|l| l.local_addr().ok()) == Some(addr))
+                    .and_then(Option::take);
+                let listener = match given {
+                    Some(std_listener) => {
+                        std_listener.set_nonblocking(true)?;
+                        TcpListener::from_std(std_listener)?
+                    }
+                    None => bind(addr).map_err(|e| {
+                        io::Error::new(e.kind(), format!("cannot listen on {addr}: {e}"))
+                    })?,
+                };
+                fresh.push((addr, listener));
+            }
+        }
+        self.install(config);
+        let mut listeners = self.listeners.lock().unwrap_or_else(|e| e.into_inner());
+        for (addr, listener) in fresh {
+            let (stop, stop_rx) = watch::channel(false);
+            tracing::info!(%addr, "listening");
+            let task = tokio::spawn(accept_loop(listener, self.clone(), stop_rx));
+            listeners.insert(addr, ListenerHandle { stop, task });
+        }
+        let removed: Vec<SocketAddr> = listeners
+            .keys()
+            .filter(|a| !wanted.contains(a))
+            .copied()
+            .collect();
+        for addr in removed {
+            if let Some(h) = listeners.remove(&addr) {
+                tracing::info!(%addr, "no longer listening; open connections finish their requests");
+                let _ = h.stop.send(true);
+            }
+        }
+        Ok(wanted)
+    }
+}
+
 /// Bind every listen address of `config` and start serving. `prebound`
 /// sockets (already listening) are used for the addresses they are bound to,
 /// which lets tests and socket activation hand over ports.
 pub async fn start(config: Config, prebound: Vec<std::net::TcpListener>) -> io::Result<Running> {
     let max_connections = config.settings.max_connections;
-    let addrs = addresses_to_bind(&config);
     let peers = PeerRegistry::default();
     let clients = ClientRegistry::default();
-    let upstreams = clients.runtimes(&config, &peers);
     let access_log =
         AccessLog::start(&config.settings.access_log, config.settings.access_log_json)?;
-    let checks = crate::health::spawn_checks(&upstreams);
+    let upstreams = clients.runtimes(&config, &peers);
     let shared = Arc::new(Shared {
-        current: ArcSwap::from_pointee(Generation { config, upstreams }),
+        current: ArcSwap::from_pointee(Generation {
+            config: Config::empty(),
+            upstreams,
+        }),
         peers,
         clients,
         access_log,
-        health_tasks: std::sync::Mutex::new(checks),
+        health_tasks: std::sync::Mutex::new(Vec::new()),
+        listeners: std::sync::Mutex::new(HashMap::new()),
+        reload: std::sync::Mutex::new(crate::reload::ReloadState::default()),
         connections: Arc::new(Semaphore::new(max_connections)),
         max_connections,
     });
-    let (stop, _) = watch::channel(false);
-    let mut prebound: Vec<Option<std::net::TcpListener>> = prebound.into_iter().map(Some).collect();
-    let mut accept_tasks = Vec::new();
-    let mut bound = Vec::new();
-    for addr in addrs {
-        let given = prebound
-            .iter_mut()
-            .find(|l| l.as_ref().and_then(|l| l.local_addr().ok()) == Some(addr))
-            .and_then(Option::take);
-        let listener = match given {
-            Some(std_listener) => {
-                std_listener.set_nonblocking(true)?;
-                TcpListener::from_std(std_listener)?
-            }
-            None => bind(addr)
-                .map_err(|e| io::Error::new(e.kind(), format!("cannot listen on {addr}: {e}")))?,
-        };
-        bound.push(listener.local_addr()?);
-        tracing::info!(%addr, "listening");
-        accept_tasks.push(tokio::spawn(accept_loop(
-            listener,
-            shared.clone(),
-            stop.subscribe(),
-        )));
-    }
-    Ok(Running {
-        shared,
-        bound,
-        stop,
-        accept_tasks,
-    })
+    let bound = shared.apply_with(config, prebound)?;
+    crate::reload::record_success(&shared);
+    Ok(Running { shared, bound })
 }
 
 /// The sockets to bind: a wildcard address on a port covers the specific
@@ -428,9 +483,13 @@ async fn handle_request(
             if response.status() == http::StatusCode::SWITCHING_PROTOCOLS {
                 state.mark_upgraded();
             }
-            response
-                .body_mut()
-                .log_on_drop(&shared.access_log, entry, started);
+            // The writer is the one started with ginx; a reload that turns the
+            // log off is honoured by not writing (entries are filled only then).
+            if generation.config.settings.access_log != AccessLogTarget::Off {
+                response
+                    .body_mut()
+                    .log_on_drop(&shared.access_log, entry, started);
+            }
             response.body_mut().finish_on_drop(state);
             Ok(response)
         }
@@ -527,6 +586,8 @@ async fn respond(
         .map(|l| &l.headers)
         .unwrap_or(&routed.server.headers);
     let ctx = routed.var_context(&info);
+    // A 101's Connection says "upgrade": it must not be turned into "close".
+    let close = close && response.status() != http::StatusCode::SWITCHING_PROTOCOLS;
     respond::finish_headers(&mut response, settings, Some(rules), Some(&ctx), close);
     Some(response)
 }

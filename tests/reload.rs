@@ -241,3 +241,240 @@ async fn listen_addresses_are_bound_and_released_by_reload() {
     // The other address kept serving throughout.
     until_answer(&w, "one").await;
 }
+
+#[tokio::test]
+async fn balancer_state_and_pooled_connections_survive_a_reload() {
+    let a = common::upstream("a").await;
+    let b = common::upstream("b").await;
+    let conf = |body: &str| {
+        format!(
+            "upstreams:\n  app:\n    servers: [\"{}\", {{ addr: \"{}\", max_fails: 1, fail_timeout: 60s }}]\nservers:\n  - listen: [\"127.0.0.1:{{p0}}\"]\n    locations:\n      - location: /api/\n        proxy_pass: http://app\n      - location: /\n        return: 200 \"{body}\"\n",
+            a.addr, b.addr
+        )
+    };
+    let w = watched(&[("ginx.yaml", &conf("v1"))], 1, "ginx.yaml").await;
+    let shared = w.gw.running.as_ref().unwrap().shared.clone();
+    // Warm the pool: keep-alive connections to both servers.
+    for _ in 0..4 {
+        assert_eq!(common::get(w.gw.addr(0), "x", "/api/").await.status, 200);
+    }
+    let before = (
+        a.connections.load(std::sync::atomic::Ordering::SeqCst),
+        b.connections.load(std::sync::atomic::Ordering::SeqCst),
+    );
+    // Mark b failed (as a failed attempt would) and note its state.
+    let state_before = shared.current().upstreams[0].balancer.peers[1]
+        .state
+        .clone();
+    shared.current().upstreams[0].balancer.peers[1].record_failure();
+    assert!(state_before.is_marked_down());
+
+    write(w.gw.dir.path(), "ginx.yaml", &conf("v2"), w.gw.ports[0]);
+    until_answer(&w, "v2").await;
+    let peers = &shared.current().upstreams[0].balancer.peers;
+    assert!(
+        std::sync::Arc::ptr_eq(&peers[1].state, &state_before),
+        "the same state object carries over"
+    );
+    assert!(
+        peers[1].state.is_marked_down(),
+        "the failure mark survived the reload"
+    );
+    // b is down: every request goes to a, over the connection pooled before the reload.
+    for _ in 0..4 {
+        let r = common::get(w.gw.addr(0), "x", "/api/").await;
+        assert_eq!(r.text().lines().next(), Some("a"));
+    }
+    assert_eq!(
+        a.connections.load(std::sync::atomic::Ordering::SeqCst),
+        before.0,
+        "pooled connections were reused"
+    );
+    assert_eq!(
+        b.connections.load(std::sync::atomic::Ordering::SeqCst),
+        before.1
+    );
+}
+
+#[tokio::test]
+async fn a_replaced_certificate_is_used_by_the_next_handshake() {
+    let make = |name: &str| {
+        let key = rcgen::KeyPair::generate().unwrap();
+        let cert = rcgen::CertificateParams::new(vec![name.to_string()])
+            .unwrap()
+            .self_signed(&key)
+            .unwrap();
+        (cert.pem(), key.serialize_pem(), cert.der().to_vec())
+    };
+    let (c1, k1, der1) = make("site.test");
+    let (c2, k2, der2) = make("site.test");
+    let yaml = "access_log: { path: \"off\" }\nservers:\n  - listen: [\"127.0.0.1:{p0} tls\"]\n    tls: { certificate: certs/site.pem, key: certs/site.key }\n    locations: [{ location: /, return: 204 }]\n";
+    let w = watched(
+        &[
+            ("certs/site.pem", &c1),
+            ("certs/site.key", &k1),
+            ("ginx.yaml", yaml),
+        ],
+        1,
+        "ginx.yaml",
+    )
+    .await;
+    let served = || async {
+        let verifier = std::sync::Arc::new(AcceptAny(std::sync::Mutex::new(Vec::new())));
+        let config = rustls::ClientConfig::builder_with_provider(std::sync::Arc::new(
+            rustls::crypto::ring::default_provider(),
+        ))
+        .with_safe_default_protocol_versions()
+        .unwrap()
+        .dangerous()
+        .with_custom_certificate_verifier(verifier.clone())
+        .with_no_client_auth();
+        let tcp = tokio::net::TcpStream::connect(w.gw.addr(0)).await.unwrap();
+        let name = rustls::pki_types::ServerName::try_from("site.test").unwrap();
+        let _ = tokio_rustls::TlsConnector::from(std::sync::Arc::new(config))
+            .connect(name, tcp)
+            .await
+            .unwrap();
+        let seen = verifier.0.lock().unwrap()[0].clone();
+        seen
+    };
+    assert_eq!(served().await, der1);
+    // Certificate and key replaced together (key first, then the certificate).
+    let certs = w.gw.dir.path().join("certs");
+    std::fs::write(certs.join("site.key.tmp"), &k2).unwrap();
+    std::fs::rename(certs.join("site.key.tmp"), certs.join("site.key")).unwrap();
+    std::fs::write(certs.join("site.pem.tmp"), &c2).unwrap();
+    std::fs::rename(certs.join("site.pem.tmp"), certs.join("site.pem")).unwrap();
+    let deadline = Instant::now() + common::IO_LIMIT;
+    while served().await != der2 {
+        assert!(
+            Instant::now() < deadline,
+            "the new certificate is not served"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+/// Accepts any server certificate and keeps it (the test checks which one was served).
+#[derive(Debug)]
+struct AcceptAny(std::sync::Mutex<Vec<Vec<u8>>>);
+
+impl rustls::client::danger::ServerCertVerifier for AcceptAny {
+    fn verify_server_cert(
+        &self,
+        end_entity: &rustls::pki_types::CertificateDer<'_>,
+        _: &[rustls::pki_types::CertificateDer<'_>],
+        _: &rustls::pki_types::ServerName<'_>,
+        _: &[u8],
+        _: rustls::pki_types::UnixTime,
+    ) -> Result<rustls::client::danger::ServerCertVerified, rustls::Error> {
+        self.0.lock().unwrap().push(end_entity.to_vec());
+        Ok(rustls::client::danger::ServerCertVerified::assertion())
+    }
+    fn verify_tls12_signature(
+        &self,
+        m: &[u8],
+        c: &rustls::pki_types::CertificateDer<'_>,
+        d: &rustls::DigitallySignedStruct,
+    ) -> Result<rustls::client::danger::HandshakeSignatureValid, rustls::Error> {
+        rustls::crypto::verify_tls12_signature(
+            m,
+            c,
+            d,
+            &rustls::crypto::ring::default_provider().signature_verification_algorithms,
+        )
+    }
+    fn verify_tls13_signature(
+        &self,
+        m: &[u8],
+        c: &rustls::pki_types::CertificateDer<'_>,
+        d: &rustls::DigitallySignedStruct,
+    ) -> Result<rustls::client::danger::HandshakeSignatureValid, rustls::Error> {
+        rustls::crypto::verify_tls13_signature(
+            m,
+            c,
+            d,
+            &rustls::crypto::ring::default_provider().signature_verification_algorithms,
+        )
+    }
+    fn supported_verify_schemes(&self) -> Vec<rustls::SignatureScheme> {
+        rustls::crypto::ring::default_provider()
+            .signature_verification_algorithms
+            .supported_schemes()
+    }
+}
+
+#[tokio::test]
+async fn a_hundred_reloads_under_load_fail_no_request() {
+    let w = conf_d("alpha").await;
+    let addr = w.gw.addr(0);
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let mut clients = Vec::new();
+    for _ in 0..4 {
+        let stop = stop.clone();
+        clients.push(tokio::spawn(async move {
+            let (mut served, mut wrong) = (0u64, Vec::new());
+            // Bounded: stops when told, or after 500,000 requests.
+            for _ in 0..500_000 {
+                if stop.load(std::sync::atomic::Ordering::SeqCst) {
+                    break;
+                }
+                let (status, body) = common::answer(addr, "x", "/").await;
+                if status == 200 && (body == "alpha" || body == "beta") {
+                    served += 1;
+                } else {
+                    wrong.push((status, body));
+                }
+            }
+            (served, wrong)
+        }));
+    }
+    let dir = w.gw.dir.path().join("conf.d");
+    let port = w.gw.ports[0];
+    let shared = w.gw.running.as_ref().unwrap().shared.clone();
+    let mut good_saves = 0;
+    for i in 0..130 {
+        let text = if i % 10 == 9 {
+            "servers: [ this is not yaml\n".to_string() // a bad save now and then
+        } else {
+            good_saves += 1;
+            site(if good_saves % 2 == 0 { "alpha" } else { "beta" })
+        };
+        // Atomic saves, as editors do; each waits for the watcher to act.
+        write(&dir, ".site.tmp", &text, port);
+        std::fs::rename(dir.join(".site.tmp"), dir.join("site.yaml")).unwrap();
+        let before = {
+            let s = shared.reload.lock().unwrap();
+            s.succeeded + s.failed
+        };
+        let deadline = Instant::now() + common::IO_LIMIT;
+        while {
+            let s = shared.reload.lock().unwrap();
+            s.succeeded + s.failed
+        } == before
+        {
+            assert!(Instant::now() < deadline, "save {i} was not acted on");
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+    }
+    stop.store(true, std::sync::atomic::Ordering::SeqCst);
+    let mut total = 0;
+    for c in clients {
+        let (served, wrong) = c.await.unwrap();
+        assert!(
+            wrong.is_empty(),
+            "answers from neither configuration: {wrong:?}"
+        );
+        total += served;
+    }
+    let state = shared.reload.lock().unwrap().clone();
+    assert!(state.succeeded >= 100, "reloads: {state:?}");
+    assert!(
+        state.failed >= 13,
+        "bad saves recorded as failures: {state:?}"
+    );
+    eprintln!(
+        "served {total} requests across {} reloads ({} failed saves), none failed",
+        state.succeeded, state.failed
+    );
+}

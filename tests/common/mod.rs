@@ -182,6 +182,8 @@ pub fn ginx_bin() -> PathBuf {
 /// answers with what it received, so tests can see exactly what ginx sent.
 pub struct Upstream {
     pub addr: SocketAddr,
+    /// TCP connections accepted (to see pooled connections reused).
+    pub connections: std::sync::Arc<std::sync::atomic::AtomicUsize>,
     pub hits: std::sync::Arc<std::sync::atomic::AtomicUsize>,
     /// The status `/health` answers (200 at first); checks are not counted in `hits`.
     pub health: std::sync::Arc<std::sync::atomic::AtomicU16>,
@@ -214,12 +216,15 @@ pub async fn upstream_on(name: &'static str, listener: std::net::TcpListener) ->
     let health = std::sync::Arc::new(std::sync::atomic::AtomicU16::new(200));
     let counter = hits.clone();
     let health_status = health.clone();
+    let connections_count = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let accepted = connections_count.clone();
     let task = tokio::spawn(async move {
         let mut connections = tokio::task::JoinSet::new();
         loop {
             let Ok((stream, _)) = listener.accept().await else {
                 continue;
             };
+            accepted.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
             let counter = counter.clone();
             let health_status = health_status.clone();
             connections.spawn(async move {
@@ -291,6 +296,7 @@ pub async fn upstream_on(name: &'static str, listener: std::net::TcpListener) ->
     });
     Upstream {
         addr,
+        connections: connections_count,
         hits,
         health,
         task,
@@ -325,6 +331,7 @@ pub async fn resetting_upstream() -> Upstream {
     });
     Upstream {
         addr,
+        connections: Default::default(),
         hits,
         health: Default::default(),
         task,

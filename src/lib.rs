@@ -17,12 +17,14 @@
 //! - [`health`]: active health checks whose verdicts the balancers respect.
 //! - [`access_log`]: one line per request, written off the request path.
 //! - [`reload`]: the file watcher, coalescing, and the atomic swap.
+//! - [`admin`]: `/status` and `/metrics` on the admin listener.
 //! - [`explain`]: the `ginx explain` report.
 //!
 //! Forwarding to upstreams, reload, TLS and the admin endpoint are added
 //! beside these, one module each.
 
 pub mod access_log;
+pub mod admin;
 pub mod balance;
 pub mod compile;
 pub mod config;

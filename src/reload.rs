@@ -78,6 +78,7 @@ pub fn record_success(shared: &Shared) {
     let files = file_hashes(&generation.config);
     let mut state = shared.reload.lock().unwrap_or_else(|e| e.into_inner());
     state.generation += 1;
+    shared.metrics.generation.set(state.generation as i64);
     state.fingerprint = fingerprint(&files);
     state.files = files;
 }
@@ -127,6 +128,11 @@ pub async fn reload(shared: &Arc<Shared>, main: &Path, cause: &str) -> bool {
         return false;
     }
     record_success(shared);
+    shared
+        .metrics
+        .reloads
+        .get_or_create(&crate::admin::ResultLabels { result: "ok" })
+        .inc();
     let mut state = shared.reload.lock().unwrap_or_else(|e| e.into_inner());
     state.succeeded += 1;
     state.last = Some(Attempt {
@@ -144,6 +150,11 @@ pub async fn reload(shared: &Arc<Shared>, main: &Path, cause: &str) -> bool {
 }
 
 fn note_failure(shared: &Shared, cause: &str, error: String) {
+    shared
+        .metrics
+        .reloads
+        .get_or_create(&crate::admin::ResultLabels { result: "failed" })
+        .inc();
     let mut state = shared.reload.lock().unwrap_or_else(|e| e.into_inner());
     state.failed += 1;
     state.last = Some(Attempt {

@@ -55,6 +55,7 @@ pub struct Shared {
     listeners: std::sync::Mutex<HashMap<SocketAddr, ListenerHandle>>,
     /// What the last reloads did, for /status and metrics.
     pub reload: std::sync::Mutex<crate::reload::ReloadState>,
+    pub metrics: crate::admin::Metrics,
     connections: Arc<Semaphore>,
     max_connections: usize,
 }
@@ -89,6 +90,9 @@ pub struct Running {
     pub shared: Arc<Shared>,
     /// The addresses bound at start, in configuration order.
     pub bound: Vec<SocketAddr>,
+    /// The admin endpoint's task, when `admin.listen` is set (a change of
+    /// that address applies on restart).
+    admin: Option<JoinHandle<()>>,
 }
 
 impl Running {
@@ -96,6 +100,9 @@ impl Running {
     /// return. Returns true when every connection finished in time.
     pub async fn shutdown(self, grace: Duration) -> bool {
         self.shared.replace_health_tasks(Vec::new());
+        if let Some(admin) = &self.admin {
+            admin.abort();
+        }
         let handles: Vec<ListenerHandle> = {
             let mut listeners = self
                 .shared
@@ -190,6 +197,7 @@ impl Shared {
 /// which lets tests and socket activation hand over ports.
 pub async fn start(config: Config, prebound: Vec<std::net::TcpListener>) -> io::Result<Running> {
     let max_connections = config.settings.max_connections;
+    let admin_listen = config.settings.admin_listen;
     let peers = PeerRegistry::default();
     let clients = ClientRegistry::default();
     let access_log =
@@ -206,12 +214,18 @@ pub async fn start(config: Config, prebound: Vec<std::net::TcpListener>) -> io::
         health_tasks: std::sync::Mutex::new(Vec::new()),
         listeners: std::sync::Mutex::new(HashMap::new()),
         reload: std::sync::Mutex::new(crate::reload::ReloadState::default()),
+        metrics: crate::admin::Metrics::default(),
         connections: Arc::new(Semaphore::new(max_connections)),
         max_connections,
     });
     let bound = shared.apply_with(config, prebound)?;
     crate::reload::record_success(&shared);
-    Ok(Running { shared, bound })
+    let admin = crate::admin::start(&shared, admin_listen).await?;
+    Ok(Running {
+        shared,
+        bound,
+        admin,
+    })
 }
 
 /// The sockets to bind: a wildcard address on a port covers the specific
@@ -265,7 +279,9 @@ async fn accept_loop(listener: TcpListener, shared: Arc<Shared>, mut stop: watch
                 let shared = shared.clone();
                 let stop = stop.clone();
                 tokio::spawn(async move {
-                    serve_connection(shared, stream, remote, stop).await;
+                    shared.metrics.active_connections.inc();
+                    serve_connection(shared.clone(), stream, remote, stop).await;
+                    shared.metrics.active_connections.dec();
                     drop(permit);
                 });
             }
@@ -469,6 +485,7 @@ async fn handle_request(
     let mut entry = Entry::default();
     match respond(
         &generation,
+        &shared.metrics,
         info,
         &parts,
         body,
@@ -501,8 +518,10 @@ async fn handle_request(
 }
 
 /// The response for a request, or None to close the connection without one.
+#[allow(clippy::too_many_arguments)]
 async fn respond(
     generation: &Generation,
+    metrics: &crate::admin::Metrics,
     conn: ConnInfo,
     parts: &http::request::Parts,
     body: Incoming,
@@ -562,6 +581,15 @@ async fn respond(
                 &mut report,
             )
             .await;
+            if let (Some(t), Some(pass)) = (report.response_time, routed.proxy_pass()) {
+                let labels = crate::admin::UpstreamLabels {
+                    upstream: pass.proxy_host().to_string(),
+                };
+                metrics
+                    .upstream_time
+                    .get_or_create(&labels)
+                    .observe(t.as_secs_f64());
+            }
             entry.upstream_addr = report.addr;
             entry.upstream_status = report.status;
             entry.upstream_response_time = report.response_time;
@@ -586,6 +614,19 @@ async fn respond(
         .map(|l| &l.headers)
         .unwrap_or(&routed.server.headers);
     let ctx = routed.var_context(&info);
+    let labels = crate::admin::RequestLabels {
+        server: routed
+            .server
+            .names
+            .first()
+            .cloned()
+            .unwrap_or_else(|| routed.server.origin.to_string()),
+        location: routed
+            .location
+            .map_or_else(|| "-".to_string(), |l| l.display_pattern()),
+        status: crate::admin::Metrics::status_class(response.status().as_u16()),
+    };
+    metrics.requests.get_or_create(&labels).inc();
     // A 101's Connection says "upgrade": it must not be turned into "close".
     let close = close && response.status() != http::StatusCode::SWITCHING_PROTOCOLS;
     respond::finish_headers(&mut response, settings, Some(rules), Some(&ctx), close);

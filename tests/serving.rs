@@ -322,3 +322,65 @@ async fn trickling_a_head_byte_by_byte_buys_no_time() {
     );
     gw.stop().await;
 }
+
+#[tokio::test]
+async fn sigterm_lets_an_in_flight_request_finish() {
+    let up = common::upstream("slow").await;
+    let port = {
+        let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        l.local_addr().unwrap().port()
+    };
+    let yaml = format!(
+        "shutdown_timeout: 10s\naccess_log: {{ path: \"off\" }}\nupstreams:\n  app: {{ servers: [\"{}\"] }}\nservers:\n  - listen: [\"127.0.0.1:{port}\"]\n    locations:\n      - location: /\n        proxy_pass: http://app\n",
+        up.addr
+    );
+    let dir = common::write_files(&[("ginx.yaml", &yaml)], &[]);
+    let mut child = std::process::Command::new(common::ginx_bin())
+        .arg("-c")
+        .arg(dir.path().join("ginx.yaml"))
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    let addr = std::net::SocketAddr::from(([127, 0, 0, 1], port));
+    let deadline = Instant::now() + IO_LIMIT;
+    while TcpStream::connect(addr).await.is_err() {
+        assert!(Instant::now() < deadline, "ginx did not start listening");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    // A request that takes 1.5 s upstream is in flight when SIGTERM comes.
+    let slow = tokio::spawn(async move { get(addr, "x", "/slow/1500").await });
+    let deadline = Instant::now() + IO_LIMIT;
+    while up.hits() == 0 {
+        assert!(
+            Instant::now() < deadline,
+            "the slow request never reached the upstream"
+        );
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    let kill = std::process::Command::new("kill")
+        .args(["-TERM", &child.id().to_string()])
+        .status()
+        .unwrap();
+    assert!(kill.success());
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    assert!(
+        TcpStream::connect(addr).await.is_err(),
+        "new connections are refused while draining"
+    );
+    let r = slow.await.unwrap();
+    assert_eq!(r.status, 200, "the in-flight request completed");
+    assert_eq!(r.text().lines().next(), Some("slow"));
+    let deadline = Instant::now() + IO_LIMIT;
+    let status = loop {
+        if let Some(s) = child.try_wait().unwrap() {
+            break s;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "ginx did not exit after the drain"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    };
+    assert!(status.success(), "exit status {status:?}");
+}

@@ -602,3 +602,51 @@ fn an_expired_certificate_is_a_warning() {
         "{err}"
     );
 }
+
+#[tokio::test]
+async fn rsa_with_a_pkcs1_key_and_ecdsa_with_a_sec1_key_are_served() {
+    let fixtures = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures");
+    let read = |f: &str| std::fs::read_to_string(fixtures.join(f)).unwrap();
+    let yaml = r#"
+servers:
+  - listen: ["127.0.0.1:{p0} tls default_server"]
+    server_name: [rsa.test]
+    tls: { certificate: rsa.pem, key: rsa-pkcs1.key }
+    locations: [{ location: /, return: 200 "rsa" }]
+  - listen: ["127.0.0.1:{p0} tls"]
+    server_name: [ec.test]
+    tls: { certificate: ec.pem, key: ec-sec1.key }
+    locations: [{ location: /, return: 200 "ec" }]
+"#;
+    let (rsa, rsa_key, ec, ec_key) = (
+        read("rsa.pem"),
+        read("rsa-pkcs1.key"),
+        read("ec.pem"),
+        read("ec-sec1.key"),
+    );
+    let gw = common::start(
+        &[
+            ("rsa.pem", &rsa),
+            ("rsa-pkcs1.key", &rsa_key),
+            ("ec.pem", &ec),
+            ("ec-sec1.key", &ec_key),
+            ("ginx.yaml", yaml),
+        ],
+        1,
+    )
+    .await;
+    let c = client(
+        &[b"http/1.1"],
+        &[&rustls::version::TLS13, &rustls::version::TLS12],
+    );
+    assert_eq!(get_h1(&c, gw.addr(0), "rsa.test", "rsa.test").await, "rsa");
+    assert_eq!(get_h1(&c, gw.addr(0), "ec.test", "ec.test").await, "ec");
+    let seen = c.seen.lock().unwrap().clone();
+    let der = |pem: &str| -> Vec<u8> {
+        rustls::pki_types::pem::PemObject::from_pem_slice(pem.as_bytes())
+            .map(|c: CertificateDer<'static>| c.to_vec())
+            .unwrap()
+    };
+    assert_eq!(seen, vec![der(&rsa), der(&ec)]);
+    gw.stop().await;
+}

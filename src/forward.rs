@@ -52,72 +52,85 @@ pub struct UpstreamRuntime {
 pub type TlsUpstreamClient = Client<crate::tls::UpstreamConnector, RequestBody>;
 
 /// Pools (clients) by upstream name and the settings that shape them, so a
-/// reload that keeps a group keeps its open connections.
+/// reload that keeps a group keeps its open connections, plain and TLS.
 #[derive(Default)]
 pub struct ClientRegistry {
-    clients: Mutex<HashMap<ClientKey, UpstreamClient>>,
+    clients: Mutex<HashMap<ClientKey, (UpstreamClient, Option<TlsUpstreamClient>)>>,
 }
 
-type ClientKey = (Arc<str>, usize, Duration, Duration, bool);
+/// What a pool depends on; for TLS, the settings and the contents of the
+/// files they name (a new CA or client certificate means a new pool).
+type ClientKey = (Arc<str>, usize, Duration, Duration, bool, String);
+
+fn client_key(u: &Upstream) -> ClientKey {
+    let files: Vec<u32> = [&u.tls.ca, &u.tls.certificate, &u.tls.key]
+        .into_iter()
+        .flatten()
+        .map(|p| crc32fast::hash(&std::fs::read(p).unwrap_or_default()))
+        .collect();
+    let tls = format!("{:?}{files:?}", u.tls);
+    (
+        u.name.clone(),
+        u.keepalive,
+        u.keepalive_timeout,
+        u.connect_timeout,
+        u.protocol == Protocol::Http2,
+        tls,
+    )
+}
+
+/// A pooled client over `connector` with the group's pool settings.
+fn pool_client<C>(u: &Upstream, connector: C) -> Client<C, RequestBody>
+where
+    C: hyper_util::client::legacy::connect::Connect + Clone + Send + Sync + 'static,
+{
+    Client::builder(TokioExecutor::new())
+        .pool_max_idle_per_host(u.keepalive)
+        .pool_idle_timeout(u.keepalive_timeout)
+        .pool_timer(hyper_util::rt::TokioTimer::new())
+        .http2_only(u.protocol == Protocol::Http2)
+        .build(connector)
+}
 
 impl ClientRegistry {
-    fn client_for(
-        &self,
-        u: &Upstream,
-        kept: &mut HashMap<ClientKey, UpstreamClient>,
-    ) -> UpstreamClient {
-        let key = (
-            u.name.clone(),
-            u.keepalive,
-            u.keepalive_timeout,
-            u.connect_timeout,
-            u.protocol == Protocol::Http2,
-        );
-        let clients = self.clients.lock().unwrap_or_else(|e| e.into_inner());
-        let client = clients.get(&key).cloned().unwrap_or_else(|| {
-            let mut connector = HttpConnector::new();
-            connector.set_connect_timeout(Some(u.connect_timeout));
-            connector.set_nodelay(true);
-            Client::builder(TokioExecutor::new())
-                .pool_max_idle_per_host(u.keepalive)
-                .pool_idle_timeout(u.keepalive_timeout)
-                .pool_timer(hyper_util::rt::TokioTimer::new())
-                .http2_only(u.protocol == Protocol::Http2)
-                .build(connector)
-        });
-        kept.insert(key, client.clone());
-        client
-    }
-
     /// The run-time side of every upstream of `config`; peer state and pools
     /// of groups that were there before are carried over.
     pub fn runtimes(&self, config: &Config, peers: &PeerRegistry) -> Vec<UpstreamRuntime> {
         let balancers = peers.build(&config.upstreams);
+        let mut clients = self.clients.lock().unwrap_or_else(|e| e.into_inner());
         let mut kept = HashMap::new();
         let runtimes = config
             .upstreams
             .iter()
             .zip(balancers)
-            .map(|(u, balancer)| UpstreamRuntime {
-                upstream: u.clone(),
-                balancer,
-                client: self.client_for(u, &mut kept),
-                tls_client: u.tls_client.as_ref().map(|(config, name)| {
-                    let connector = crate::tls::UpstreamConnector::new(
-                        config.clone(),
-                        name.clone(),
-                        u.connect_timeout,
-                    );
-                    Client::builder(TokioExecutor::new())
-                        .pool_max_idle_per_host(u.keepalive)
-                        .pool_idle_timeout(u.keepalive_timeout)
-                        .pool_timer(hyper_util::rt::TokioTimer::new())
-                        .http2_only(u.protocol == Protocol::Http2)
-                        .build(connector)
-                }),
+            .map(|(u, balancer)| {
+                let key = client_key(u);
+                let (client, tls_client) = clients.remove(&key).unwrap_or_else(|| {
+                    let mut connector = HttpConnector::new();
+                    connector.set_connect_timeout(Some(u.connect_timeout));
+                    connector.set_nodelay(true);
+                    let tls = u.tls_client.as_ref().map(|(config, name)| {
+                        pool_client(
+                            u,
+                            crate::tls::UpstreamConnector::new(
+                                config.clone(),
+                                name.clone(),
+                                u.connect_timeout,
+                            ),
+                        )
+                    });
+                    (pool_client(u, connector), tls)
+                });
+                kept.insert(key, (client.clone(), tls_client.clone()));
+                UpstreamRuntime {
+                    upstream: u.clone(),
+                    balancer,
+                    client,
+                    tls_client,
+                }
             })
             .collect();
-        *self.clients.lock().unwrap_or_else(|e| e.into_inner()) = kept;
+        *clients = kept;
         runtimes
     }
 }

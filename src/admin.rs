@@ -20,8 +20,8 @@ use std::time::{Duration, UNIX_EPOCH};
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct RequestLabels {
-    pub server: String,
-    pub location: String,
+    pub server: Arc<str>,
+    pub location: Arc<str>,
     /// `2xx`, `4xx`, ...
     pub status: &'static str,
 }

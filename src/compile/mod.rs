@@ -95,6 +95,8 @@ pub enum Action {
 
 pub struct Location {
     pub origin: Origin,
+    /// `display_pattern()`, made once: the metrics label.
+    pub label: Arc<str>,
     pub kind: LocationKind,
     pub pattern: String,
     pub rewrites: Vec<(Rewrite, Origin)>,
@@ -109,13 +111,15 @@ pub struct Location {
 
 impl Location {
     /// `= /x`, `^~ /x`, `~* \.png$` as written.
-    pub fn display_pattern(&self) -> String {
-        format!("{}{}", self.kind.modifier(), self.pattern)
+        pub fn display_pattern(&self) -> &str {
+        &self.label
     }
 }
 
 pub struct Server {
     pub origin: Origin,
+    /// The first name, else where it is written: the metrics label.
+    pub label: Arc<str>,
     /// Names as written; the first is `$server_name`.
     pub names: Vec<String>,
     pub limits: Limits,
@@ -909,7 +913,9 @@ fn compile_server(
         LocationTable::default()
     });
 
+    let label: Arc<str> = Arc::from(names.first().cloned().unwrap_or_else(|| origin.to_string()));
     let server = Arc::new(Server {
+        label,
         origin,
         names,
         limits,
@@ -1014,7 +1020,9 @@ fn compile_location(
     let optional_duration = |c: &mut Checker<'_>, t: Option<&Text>, key: &str| {
         t.map(|t| c.duration(Some(t), key, Duration::ZERO))
     };
+    let label: Arc<str> = Arc::from(format!("{}{}", kind.modifier(), pattern));
     let location = Location {
+        label,
         origin,
         kind,
         pattern: pattern.to_string(),

@@ -614,16 +614,12 @@ async fn respond(
         .map(|l| &l.headers)
         .unwrap_or(&routed.server.headers);
     let ctx = routed.var_context(&info);
+    static NO_LOCATION: std::sync::LazyLock<Arc<str>> = std::sync::LazyLock::new(|| Arc::from("-"));
     let labels = crate::admin::RequestLabels {
-        server: routed
-            .server
-            .names
-            .first()
-            .cloned()
-            .unwrap_or_else(|| routed.server.origin.to_string()),
+        server: routed.server.label.clone(),
         location: routed
             .location
-            .map_or_else(|| "-".to_string(), |l| l.display_pattern()),
+            .map_or_else(|| NO_LOCATION.clone(), |l| l.label.clone()),
         status: crate::admin::Metrics::status_class(response.status().as_u16()),
     };
     metrics.requests.get_or_create(&labels).inc();

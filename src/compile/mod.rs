@@ -111,7 +111,7 @@ pub struct Location {
 
 impl Location {
     /// `= /x`, `^~ /x`, `~* \.png$` as written.
-        pub fn display_pattern(&self) -> &str {
+    pub fn display_pattern(&self) -> &str {
         &self.label
     }
 }

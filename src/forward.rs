@@ -462,7 +462,12 @@ pub fn strip_hop_by_hop(headers: &mut HeaderMap) {
         .flat_map(|v| v.split(','))
         .filter_map(|t| HeaderName::from_bytes(t.trim().as_bytes()).ok())
         .collect();
-    for name in named.iter().chain(HOP_BY_HOP.iter()) {
+    // Host is never a connection option: a client cannot make ginx drop it.
+    for name in named
+        .iter()
+        .filter(|n| **n != header::HOST)
+        .chain(HOP_BY_HOP.iter())
+    {
         headers.remove(name);
     }
 }
@@ -479,6 +484,27 @@ fn upstream_headers(info: &RequestInfo<'_>, routed: &Routed<'_>, location: &Loca
     let mut headers = info.headers.clone();
     let accepts_trailers = accepts_trailers(info.headers);
     strip_hop_by_hop(&mut headers);
+    // As nginx: headers with `_` are dropped; CGI-style servers fold `_` and
+    // `-`, so `Content_Length` could pass for Content-Length there.
+    let underscored: Vec<HeaderName> = headers
+        .keys()
+        .filter(|k| k.as_str().contains('_'))
+        .cloned()
+        .collect();
+    for name in underscored {
+        headers.remove(name);
+    }
+    // An absolute-form target's authority is the request's host (RFC 9112
+    // 3.2.2): the Host sent up is the one the request was routed by.
+    if info.version == http::Version::HTTP_11 || info.version == http::Version::HTTP_10 {
+        if let Some(v) = info
+            .uri
+            .authority()
+            .and_then(|a| HeaderValue::from_str(a.as_str()).ok())
+        {
+            headers.insert(header::HOST, v);
+        }
+    }
     // ginx answers `Expect: 100-continue` itself; the upstream gets the body anyway.
     headers.remove(header::EXPECT);
     if accepts_trailers {

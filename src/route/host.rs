@@ -15,10 +15,19 @@ pub enum HostError {
 
 /// The host to route by; `""` when an HTTP/1.0 request names none.
 pub fn request_host(uri: &Uri, headers: &HeaderMap, version: Version) -> Result<String, HostError> {
+    let mut hosts = headers.get_all(http::header::HOST).iter();
     if let Some(authority) = uri.authority() {
+        // HTTP/1.1 needs a Host even with an absolute-form target (RFC 9112 3.2).
+        if version == Version::HTTP_11 && headers.get(http::header::HOST).is_none() {
+            return Err(HostError::Missing);
+        }
+        if authority.as_str().contains('@')
+            || authority.port().is_some() && authority.port_u16().is_none()
+        {
+            return Err(HostError::Invalid);
+        }
         return normalize_host(authority.as_str().as_bytes());
     }
-    let mut hosts = headers.get_all(http::header::HOST).iter();
     match (hosts.next(), hosts.next()) {
         (Some(h), None) => normalize_host(h.as_bytes()),
         (Some(_), Some(_)) => Err(HostError::Duplicate),

@@ -370,6 +370,10 @@ async fn serve_connection(
 
 /// Serve HTTP on one connection (plain or TLS) until it ends, applying the
 /// connection's timers and a graceful stop.
+///
+/// A plain listener without the `http2` flag speaks HTTP/1 only, through
+/// hyper's HTTP/1 server: hyper-util's auto builder would still answer an
+/// HTTP/2 preface (unannounced h2c) even when told HTTP/1 only.
 async fn drive<I>(
     shared: Arc<Shared>,
     io: TokioIo<I>,
@@ -377,19 +381,16 @@ async fn drive<I>(
     state: Arc<ConnState>,
     limits: HeadLimits,
     http2: bool,
-    mut stop: watch::Receiver<bool>,
+    stop: watch::Receiver<bool>,
 ) where
     I: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
 {
-    let remote = info.remote;
     let service = {
         let state = state.clone();
         hyper::service::service_fn(move |req| {
             handle_request(shared.clone(), state.clone(), info, req)
         })
     };
-
-    let mut builder = auto::Builder::new(TokioExecutor::new());
     // hyper's read buffer bounds both a head and each read of a body. On plain
     // connections the IO wrapper enforces the head limit itself, so the buffer
     // can be large enough for fast uploads; under TLS it is the head limit.
@@ -398,7 +399,30 @@ async fn drive<I>(
     } else {
         (limits.max_header_size + 4096).max(256 * 1024)
     };
-    builder.http1().keep_alive(true).max_buf_size(read_buffer);
+    if !http2 {
+        let conn = hyper::server::conn::http1::Builder::new()
+            .keep_alive(true)
+            .max_buf_size(read_buffer)
+            .max_headers(MAX_HEADERS)
+            .serve_connection(io, service)
+            .with_upgrades();
+        tokio::pin!(conn);
+        return watch_connection(
+            conn,
+            |c| c.graceful_shutdown(),
+            &state,
+            &limits,
+            stop,
+            info.remote,
+        )
+        .await;
+    }
+    let mut builder = auto::Builder::new(TokioExecutor::new());
+    builder
+        .http1()
+        .keep_alive(true)
+        .max_buf_size(read_buffer)
+        .max_headers(MAX_HEADERS);
     // HTTP/2 limits, set explicitly (documented in ginx.yaml(5)): at most 128
     // streams at once; a header list no larger than max_header_size (which
     // also bounds a CONTINUATION sequence); rapid reset: at most 20 streams
@@ -411,21 +435,46 @@ async fn drive<I>(
         .max_header_list_size(limits.max_header_size as u32)
         .max_pending_accept_reset_streams(H2_MAX_PENDING_RESETS)
         .max_local_error_reset_streams(H2_MAX_LOCAL_ERROR_RESETS);
-    if !http2 {
-        builder = builder.http1_only();
-    }
     let conn = builder.serve_connection_with_upgrades(io, service);
     tokio::pin!(conn);
+    watch_connection(
+        conn,
+        |c| c.graceful_shutdown(),
+        &state,
+        &limits,
+        stop,
+        info.remote,
+    )
+    .await;
+}
 
+/// Most header fields in one request head (hyper's default is 100; real
+/// clients behind proxies send more). Their total size is max_header_size.
+const MAX_HEADERS: usize = 256;
+
+/// Drive a connection to its end, applying the idle and head timers and a
+/// graceful stop (`graceful` asks hyper to finish in-flight requests and close).
+async fn watch_connection<F, E, G>(
+    mut conn: std::pin::Pin<&mut F>,
+    mut graceful: G,
+    state: &ConnState,
+    limits: &HeadLimits,
+    mut stop: watch::Receiver<bool>,
+    remote: SocketAddr,
+) where
+    F: std::future::Future<Output = Result<(), E>>,
+    E: std::fmt::Display,
+    G: FnMut(std::pin::Pin<&mut F>),
+{
     let mut stopping = false;
     let mut head_timeout_fired = false;
     loop {
-        let sleep_until = match conn::watch(&state, &limits) {
+        let sleep_until = match conn::watch(state, limits) {
             Watch::Sleep(at) => at,
             Watch::CloseIdle if state.is_http2() && !stopping => {
                 // HTTP/2: say goodbye with GOAWAY rather than a bare close.
                 stopping = true;
-                conn.as_mut().graceful_shutdown();
+                graceful(conn.as_mut());
                 tokio::time::Instant::now().into_std() + Duration::from_secs(5)
             }
             Watch::CloseIdle => {
@@ -450,9 +499,24 @@ async fn drive<I>(
             _ = tokio::time::sleep_until(sleep_until.into()) => {}
             _ = stop.changed(), if !stopping => {
                 stopping = true;
-                conn.as_mut().graceful_shutdown();
+                graceful(conn.as_mut());
             }
         }
+    }
+}
+
+/// Transfer codings ginx accepts: exactly one Transfer-Encoding, `chunked`.
+/// Anything else (`gzip, chunked`, `chunked, chunked`, two headers) would be
+/// decoded as plain chunked by the parser and passed on wrongly: 501, as nginx.
+fn refuse_framing(headers: &http::HeaderMap) -> Option<(http::StatusCode, &'static str)> {
+    let mut te = headers.get_all(http::header::TRANSFER_ENCODING).iter();
+    match (te.next(), te.next()) {
+        (None, _) => None,
+        (Some(v), None) if v.as_bytes().trim_ascii().eq_ignore_ascii_case(b"chunked") => None,
+        _ => Some((
+            http::StatusCode::NOT_IMPLEMENTED,
+            "Transfer-Encoding other than a single \"chunked\"",
+        )),
     }
 }
 
@@ -566,6 +630,13 @@ async fn respond(
         remote: conn.remote,
         tls: conn.tls,
     };
+    if let Some((status, reason)) = refuse_framing(&parts.headers) {
+        entry.reason = Some(reason.to_string());
+        tracing::info!(status = status.as_u16(), reason, client = %conn.remote, "request refused");
+        let mut r = respond::page(status, settings.server_tokens);
+        respond::finish_headers(&mut r, settings, None, None, true);
+        return Some(r);
+    }
     let routed = route::route(listener, &info, None);
     let mut response = match &routed.outcome {
         Outcome::Close => return None,
@@ -624,7 +695,9 @@ async fn respond(
     };
     metrics.requests.get_or_create(&labels).inc();
     // A 101's Connection says "upgrade": it must not be turned into "close".
-    let close = close && response.status() != http::StatusCode::SWITCHING_PROTOCOLS;
+    // After a malformed request (400) the connection is not trusted: close it, as nginx.
+    let close = (close || response.status() == http::StatusCode::BAD_REQUEST)
+        && response.status() != http::StatusCode::SWITCHING_PROTOCOLS;
     respond::finish_headers(&mut response, settings, Some(rules), Some(&ctx), close);
     Some(response)
 }

@@ -47,6 +47,8 @@ pub struct UpstreamRuntime {
     pub client: UpstreamClient,
     /// For `proxy_pass: https://`: the same pool settings over TLS.
     pub tls_client: Option<TlsUpstreamClient>,
+    /// A location proxies to this group with `https://` (health checks use TLS then).
+    pub used_with_https: bool,
 }
 
 pub type TlsUpstreamClient = Client<crate::tls::UpstreamConnector, RequestBody>;
@@ -97,6 +99,16 @@ impl ClientRegistry {
     /// of groups that were there before are carried over.
     pub fn runtimes(&self, config: &Config, peers: &PeerRegistry) -> Vec<UpstreamRuntime> {
         let balancers = peers.build(&config.upstreams);
+        let https_groups: std::collections::HashSet<&str> = config
+            .listeners
+            .iter()
+            .flat_map(|l| l.servers.iter())
+            .flat_map(|s| s.locations.iter())
+            .filter_map(|l| match &l.action {
+                crate::compile::Action::Proxy(p) if p.https => Some(p.proxy_host()),
+                _ => None,
+            })
+            .collect();
         let mut clients = self.clients.lock().unwrap_or_else(|e| e.into_inner());
         let mut kept = HashMap::new();
         let runtimes = config
@@ -122,11 +134,13 @@ impl ClientRegistry {
                     (pool_client(u, connector), tls)
                 });
                 kept.insert(key, (client.clone(), tls_client.clone()));
+                let used_with_https = https_groups.contains(&*u.name);
                 UpstreamRuntime {
                     upstream: u.clone(),
                     balancer,
                     client,
                     tls_client,
+                    used_with_https,
                 }
             })
             .collect();
@@ -415,7 +429,8 @@ where
                                 return result.map_err(|e| {
                     let reason = describe_client_error(&e);
                     // A connect timeout is a timeout (504), as nginx; nothing was sent.
-                    let kind = if reason.contains("timeout") || reason.contains("timed out") { FailureKind::Timeout } else { FailureKind::Error };
+                                        let timed_out = ["timeout", "timed out", "deadline has elapsed"].iter().any(|t| reason.contains(t));
+                    let kind = if timed_out { FailureKind::Timeout } else { FailureKind::Error };
                     Failure { kind, sent: !e.is_connect(), reason }
                 });
             }

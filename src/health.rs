@@ -22,6 +22,7 @@ pub fn spawn_checks(upstreams: &[UpstreamRuntime]) -> Vec<JoinHandle<()>> {
         for index in 0..rt.balancer.peers.len() {
             let balancer = rt.balancer.clone();
             let client = rt.client.clone();
+            let tls_client = rt.tls_client.clone().filter(|_| rt.used_with_https);
             let check = check.clone();
             let name = rt.upstream.name.clone();
             tasks.push(tokio::spawn(async move {
@@ -32,7 +33,10 @@ pub fn spawn_checks(upstreams: &[UpstreamRuntime]) -> Vec<JoinHandle<()>> {
                 ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
                 loop {
                     ticker.tick().await;
-                    let verdict = probe(&client, peer.addr, &check).await;
+                                        let verdict = match &tls_client {
+                        Some(tls) => probe(tls, "https", peer.addr, &check).await,
+                        None => probe(&client, "http", peer.addr, &check).await,
+                    };
                     let healthy = peer.state.is_healthy();
                     match verdict {
                         Ok(()) => {
@@ -59,13 +63,18 @@ pub fn spawn_checks(upstreams: &[UpstreamRuntime]) -> Vec<JoinHandle<()>> {
     tasks
 }
 
-/// One check: GET `path`, answered within `timeout` with a status in `expect`.
-async fn probe(
-    client: &crate::forward::UpstreamClient,
+/// One check: GET `path`, answered within `timeout` with a status in
+/// `expect`; over TLS for a group that locations reach with `https://`.
+async fn probe<C>(
+    client: &hyper_util::client::legacy::Client<C, RequestBody>,
+    scheme: &str,
     addr: std::net::SocketAddr,
     check: &HealthCheck,
-) -> Result<(), String> {
-    let uri: Uri = format!("http://{addr}{}", check.path)
+) -> Result<(), String>
+where
+    C: hyper_util::client::legacy::connect::Connect + Clone + Send + Sync + 'static,
+{
+    let uri: Uri = format!("{scheme}://{addr}{}", check.path)
         .parse()
         .map_err(|e| format!("bad check URI: {e}"))?;
     let mut request = Request::new(RequestBody::Full(None));

@@ -214,8 +214,12 @@ pub fn spawn_watcher(
     );
     Ok(tokio::spawn(async move {
         while let Some(first) = rx.recv().await {
-            if let Err(e) = first {
-                tracing::warn!(error = %e, "file watcher error");
+            match &first {
+                // Reading the files (as every reload does) makes access
+                // events: reacting to them would reload forever.
+                Ok(event) if !is_change(event) => continue,
+                Ok(_) => {}
+                Err(e) => tracing::warn!(error = %e, "file watcher error"),
             }
             // Coalesce the burst a save makes (write, rename, chmod, ...).
             let started = Instant::now();
@@ -225,6 +229,7 @@ pub fn spawn_watcher(
                     break;
                 }
                 match tokio::time::timeout(wait, rx.recv()).await {
+                    Ok(Some(Ok(event))) if !is_change(&event) => continue,
                     Ok(Some(_)) => continue,
                     Ok(None) => return,
                     Err(_) => break,
@@ -236,6 +241,11 @@ pub fn spawn_watcher(
             sync_watches(&mut watcher, &mut watching, dirs);
         }
     }))
+}
+
+/// Events that change a file or a directory (not opening or reading one).
+fn is_change(event: &notify::Event) -> bool {
+    !matches!(event.kind, notify::EventKind::Access(_))
 }
 
 fn sync_watches(

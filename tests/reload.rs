@@ -478,3 +478,35 @@ async fn a_hundred_reloads_under_load_fail_no_request() {
         state.succeeded, state.failed
     );
 }
+
+#[tokio::test]
+async fn the_watcher_goes_quiet_after_a_reload() {
+    let w = conf_d("one").await;
+    let dir = w.gw.dir.path().join("conf.d");
+    let shared = w.gw.running.as_ref().unwrap().shared.clone();
+    let attempts = || {
+        let s = shared.reload.lock().unwrap();
+        s.succeeded + s.failed
+    };
+    write(&dir, "site.yaml", &site("two"), w.gw.ports[0]);
+    until_answer(&w, "two").await;
+    // Reading the files (as a reload does, or `cat`) is not a change.
+    tokio::time::sleep(Duration::from_millis(400)).await;
+    let settled = attempts();
+    let _ = std::fs::read_to_string(dir.join("site.yaml")).unwrap();
+    tokio::time::sleep(Duration::from_millis(600)).await;
+    assert_eq!(attempts(), settled, "reloads kept happening with no change");
+    // A bad save is tried and counted once, not over and over.
+    std::fs::write(dir.join("site.yaml"), "servers: [ broken\n").unwrap();
+    let deadline = Instant::now() + common::IO_LIMIT;
+    while shared.reload.lock().unwrap().failed == 0 {
+        assert!(Instant::now() < deadline, "the bad save was not tried");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    tokio::time::sleep(Duration::from_millis(600)).await;
+    assert_eq!(
+        shared.reload.lock().unwrap().failed,
+        1,
+        "one bad save, one failure"
+    );
+}

@@ -492,6 +492,7 @@ upstreams:
   mtls.test: {{ servers: ["{mtls}"], tls: {{ ca: ca.pem, certificate: client.pem, key: client.key }} }}
   no-client-cert: {{ servers: ["{mtls}"], tls: {{ ca: ca.pem, sni: mtls.test }} }}
   secure-h2: {{ servers: ["{secure}"], protocol: http2, tls: {{ ca: ca.pem, sni: secure.test }} }}
+  checked: {{ servers: ["{secure}"], tls: {{ ca: ca.pem, sni: secure.test }}, health_check: {{ path: /h, interval: 50ms, fall: 1 }} }}
 servers:
   - listen: ["127.0.0.1:{{p0}}"]
     locations:
@@ -504,6 +505,7 @@ servers:
       - {{ location: /mtls/, proxy_pass: https://mtls.test }}
       - {{ location: /no-client-cert/, proxy_pass: https://no-client-cert }}
       - {{ location: /h2/, proxy_pass: https://secure-h2 }}
+      - {{ location: /checked/, proxy_pass: https://checked }}
 "#
     );
     let ca = pki.ca.pem();
@@ -561,6 +563,14 @@ servers:
         answer("/h2/x").await,
         (200, "secure /h2/x h2".into()),
         "protocol: http2 over TLS negotiates h2 by ALPN"
+    );
+    // Health checks of a group reached with https:// speak TLS too: after
+    // several intervals (fall: 1) the server is still in.
+    tokio::time::sleep(std::time::Duration::from_millis(400)).await;
+    assert_eq!(
+        answer("/checked/x").await,
+        (200, "secure /checked/x".into()),
+        "TLS health checks keep the server in"
     );
     gw.stop().await;
 }

@@ -361,16 +361,19 @@ pub fn compile_upstream(
             crate::tls::client_config(&tls, protocol == Protocol::Http2).and_then(|config| {
                 crate::tls::upstream_server_name(&tls, &name.value).map(|n| (config, n))
             });
-        match built {
-            Ok(pair) => Some(pair),
-            Err(e) => {
-                let at = u
-                    .tls
-                    .as_ref()
-                    .map_or(origin.clone(), |t| c.origin(&t.referenced));
-                c.push(at, format!("upstream {:?}: {e}", name.value));
+        match (built, u.tls.as_ref()) {
+            (Ok(pair), _) => Some(pair),
+            // Written TLS settings must work...
+            (Err(e), Some(t)) => {
+                c.push(
+                    c.origin(&t.referenced),
+                    format!("upstream {:?}: {e}", name.value),
+                );
                 None
             }
+            // ...defaults that cannot (a name that is no TLS server name) only
+            // matter to `https://`, which then answers 502 saying why.
+            (Err(_), None) => None,
         }
     };
     let health_check = u.health_check.as_ref().map(|h| {

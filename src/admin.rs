@@ -195,9 +195,10 @@ fn answer(shared: &Shared, path: &str) -> Response<Full<Bytes>> {
             let text = serde_json::to_string_pretty(&status_json(shared)).unwrap_or_default();
             (StatusCode::OK, "application/json", text)
         }
+        // prometheus-client writes the OpenMetrics text format (it ends with `# EOF`).
         "/metrics" => (
             StatusCode::OK,
-            "text/plain; version=0.0.4; charset=utf-8",
+            "application/openmetrics-text; version=1.0.0; charset=utf-8",
             shared.metrics.render(),
         ),
         _ => (

@@ -97,3 +97,21 @@ servers:
     );
     gw.stop().await;
 }
+
+#[tokio::test]
+async fn metrics_say_they_are_openmetrics() {
+    let admin = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap();
+    let yaml = format!("admin: {{ listen: \"{admin}\" }}\nservers:\n  - listen: [\"127.0.0.1:{{p0}}\"]\n    locations: [{{ location: /, return: 204 }}]\n");
+    let gw = common::start_one(&yaml, 1).await;
+    let r = common::get(admin, "admin", "/metrics").await;
+    assert_eq!(
+        r.header("content-type"),
+        Some("application/openmetrics-text; version=1.0.0; charset=utf-8")
+    );
+    assert!(r.text().ends_with("# EOF\n"), "{}", r.text());
+    assert_eq!(common::get(admin, "admin", "/nothing").await.status, 404);
+    gw.stop().await;
+}

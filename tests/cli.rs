@@ -3,14 +3,10 @@
 //! shipped configuration (ginx.yaml, examples/) passes `-t`.
 
 mod common;
-use std::process::{Command, Output};
+use std::process::Output;
 
 fn ginx(dir: &std::path::Path, args: &[&str]) -> Output {
-    Command::new(common::ginx_bin())
-        .current_dir(dir)
-        .args(args)
-        .output()
-        .expect("run ginx")
+    common::run_ginx(dir, args)
 }
 
 fn stderr(o: &Output) -> String {

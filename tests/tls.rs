@@ -321,11 +321,7 @@ fn bad_certificate_files_are_configuration_errors() {
         &[("one.pem", &c1), ("two.key", &k2), ("ginx.yaml", yaml)],
         &[],
     );
-    let out = std::process::Command::new(common::ginx_bin())
-        .current_dir(dir.path())
-        .arg("-t")
-        .output()
-        .unwrap();
+    let out = common::run_ginx(dir.path(), &["-t"]);
     let err = String::from_utf8_lossy(&out.stderr);
     assert_eq!(out.status.code(), Some(1), "{err}");
     let path = |f: &str| dir.path().join(f).display().to_string();
@@ -359,11 +355,7 @@ fn bad_certificate_files_are_configuration_errors() {
 fn a_tls_address_needs_a_certificate_on_its_default_server() {
     let yaml = "servers:\n  - listen: [\"127.0.0.1:8443 tls\"]\n    locations: [{ location: /, return: 204 }]\n";
     let dir = common::write_files(&[("ginx.yaml", yaml)], &[]);
-    let out = std::process::Command::new(common::ginx_bin())
-        .current_dir(dir.path())
-        .arg("-t")
-        .output()
-        .unwrap();
+    let out = common::run_ginx(dir.path(), &["-t"]);
     let err = String::from_utf8_lossy(&out.stderr);
     assert_eq!(out.status.code(), Some(1));
     assert!(
@@ -386,11 +378,7 @@ fn names_the_certificate_does_not_cover_are_warnings() {
         &[("one.pem", &c), ("one.key", &k), ("ginx.yaml", yaml)],
         &[],
     );
-    let out = std::process::Command::new(common::ginx_bin())
-        .current_dir(dir.path())
-        .arg("-t")
-        .output()
-        .unwrap();
+    let out = common::run_ginx(dir.path(), &["-t"]);
     assert_eq!(out.status.code(), Some(0));
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(
@@ -596,11 +584,7 @@ fn an_expired_certificate_is_a_warning() {
         ],
         &[],
     );
-    let out = std::process::Command::new(common::ginx_bin())
-        .current_dir(dir.path())
-        .arg("-t")
-        .output()
-        .unwrap();
+    let out = common::run_ginx(dir.path(), &["-t"]);
     assert_eq!(
         out.status.code(),
         Some(0),

@@ -178,6 +178,15 @@ pub fn ginx_bin() -> PathBuf {
     PathBuf::from(env!("CARGO_BIN_EXE_ginx"))
 }
 
+/// Run the `ginx` binary in `dir` with `args` (e.g. `-t`) and wait for it.
+pub fn run_ginx(dir: &std::path::Path, args: &[&str]) -> std::process::Output {
+    std::process::Command::new(ginx_bin())
+        .current_dir(dir)
+        .args(args)
+        .output()
+        .expect("run ginx")
+}
+
 /// An upstream started in-process: a small hyper HTTP/1.1 server that
 /// answers with what it received, so tests can see exactly what ginx sent.
 pub struct Upstream {

@@ -212,29 +212,66 @@ async fn head_requests_get_headers_only() {
     gw.stop().await;
 }
 
+/// The ginx binary serving `yaml` (with `{p0}` for a free port), once it
+/// listens; and `kill -TERM` / wait-for-exit helpers for the stop tests.
+struct Binary {
+    child: std::process::Child,
+    addr: std::net::SocketAddr,
+    _dir: tempfile::TempDir,
+}
+
+impl Binary {
+    async fn start(yaml: &str) -> Binary {
+        let port = {
+            let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+            l.local_addr().unwrap().port()
+        };
+        let dir = common::write_files(&[("ginx.yaml", yaml)], &[port]);
+        let child = std::process::Command::new(common::ginx_bin())
+            .arg("-c")
+            .arg(dir.path().join("ginx.yaml"))
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .unwrap();
+        let addr = std::net::SocketAddr::from(([127, 0, 0, 1], port));
+        let deadline = Instant::now() + IO_LIMIT;
+        while TcpStream::connect(addr).await.is_err() {
+            assert!(Instant::now() < deadline, "ginx did not start listening");
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        Binary {
+            child,
+            addr,
+            _dir: dir,
+        }
+    }
+
+    fn sigterm(&self) {
+        let kill = std::process::Command::new("kill")
+            .args(["-TERM", &self.child.id().to_string()])
+            .status()
+            .unwrap();
+        assert!(kill.success());
+    }
+
+    async fn exit_status(&mut self) -> std::process::ExitStatus {
+        let deadline = Instant::now() + IO_LIMIT;
+        loop {
+            if let Some(s) = self.child.try_wait().unwrap() {
+                return s;
+            }
+            assert!(Instant::now() < deadline, "ginx did not exit after SIGTERM");
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+}
+
 #[tokio::test]
 async fn sigterm_stops_the_binary_gracefully() {
-    let port = {
-        let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-        l.local_addr().unwrap().port()
-    };
-    let yaml = LIMITS.replace("{p0}", &port.to_string());
-    let dir = common::write_files(&[("ginx.yaml", &yaml)], &[]);
-    let mut child = std::process::Command::new(common::ginx_bin())
-        .arg("-c")
-        .arg(dir.path().join("ginx.yaml"))
-        .stdout(std::process::Stdio::null())
-        .stderr(std::process::Stdio::null())
-        .spawn()
-        .unwrap();
-    let addr = std::net::SocketAddr::from(([127, 0, 0, 1], port));
-    let deadline = Instant::now() + IO_LIMIT;
-    while TcpStream::connect(addr).await.is_err() {
-        assert!(Instant::now() < deadline, "ginx did not start listening");
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+    let mut ginx = Binary::start(LIMITS).await;
     // A keep-alive client is connected when the signal comes.
-    let mut client = TcpStream::connect(addr).await.unwrap();
+    let mut client = TcpStream::connect(ginx.addr).await.unwrap();
     client
         .write_all(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n")
         .await
@@ -242,22 +279,11 @@ async fn sigterm_stops_the_binary_gracefully() {
     let mut buf = vec![0u8; 1024];
     let n = client.read(&mut buf).await.unwrap();
     assert!(buf[..n].starts_with(b"HTTP/1.1 200"));
-    let kill = std::process::Command::new("kill")
-        .args(["-TERM", &child.id().to_string()])
-        .status()
-        .unwrap();
-    assert!(kill.success());
-    let deadline = Instant::now() + IO_LIMIT;
-    let status = loop {
-        if let Some(s) = child.try_wait().unwrap() {
-            break s;
-        }
-        assert!(Instant::now() < deadline, "ginx did not exit after SIGTERM");
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    };
+    ginx.sigterm();
+    let status = ginx.exit_status().await;
     assert!(status.success(), "exit status {status:?}");
     assert!(
-        TcpStream::connect(addr).await.is_err(),
+        TcpStream::connect(ginx.addr).await.is_err(),
         "still accepting after stop"
     );
 }
@@ -326,28 +352,12 @@ async fn trickling_a_head_byte_by_byte_buys_no_time() {
 #[tokio::test]
 async fn sigterm_lets_an_in_flight_request_finish() {
     let up = common::upstream("slow").await;
-    let port = {
-        let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-        l.local_addr().unwrap().port()
-    };
     let yaml = format!(
-        "shutdown_timeout: 10s\naccess_log: {{ path: \"off\" }}\nupstreams:\n  app: {{ servers: [\"{}\"] }}\nservers:\n  - listen: [\"127.0.0.1:{port}\"]\n    locations:\n      - location: /\n        proxy_pass: http://app\n",
+        "shutdown_timeout: 10s\naccess_log: {{ path: \"off\" }}\nupstreams:\n  app: {{ servers: [\"{}\"] }}\nservers:\n  - listen: [\"127.0.0.1:{{p0}}\"]\n    locations:\n      - location: /\n        proxy_pass: http://app\n",
         up.addr
     );
-    let dir = common::write_files(&[("ginx.yaml", &yaml)], &[]);
-    let mut child = std::process::Command::new(common::ginx_bin())
-        .arg("-c")
-        .arg(dir.path().join("ginx.yaml"))
-        .stdout(std::process::Stdio::null())
-        .stderr(std::process::Stdio::null())
-        .spawn()
-        .unwrap();
-    let addr = std::net::SocketAddr::from(([127, 0, 0, 1], port));
-    let deadline = Instant::now() + IO_LIMIT;
-    while TcpStream::connect(addr).await.is_err() {
-        assert!(Instant::now() < deadline, "ginx did not start listening");
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+    let mut ginx = Binary::start(&yaml).await;
+    let addr = ginx.addr;
     // A request that takes 1.5 s upstream is in flight when SIGTERM comes.
     let slow = tokio::spawn(async move { get(addr, "x", "/slow/1500").await });
     let deadline = Instant::now() + IO_LIMIT;
@@ -358,11 +368,7 @@ async fn sigterm_lets_an_in_flight_request_finish() {
         );
         tokio::time::sleep(Duration::from_millis(10)).await;
     }
-    let kill = std::process::Command::new("kill")
-        .args(["-TERM", &child.id().to_string()])
-        .status()
-        .unwrap();
-    assert!(kill.success());
+    ginx.sigterm();
     tokio::time::sleep(Duration::from_millis(200)).await;
     assert!(
         TcpStream::connect(addr).await.is_err(),
@@ -371,16 +377,6 @@ async fn sigterm_lets_an_in_flight_request_finish() {
     let r = slow.await.unwrap();
     assert_eq!(r.status, 200, "the in-flight request completed");
     assert_eq!(r.text().lines().next(), Some("slow"));
-    let deadline = Instant::now() + IO_LIMIT;
-    let status = loop {
-        if let Some(s) = child.try_wait().unwrap() {
-            break s;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "ginx did not exit after the drain"
-        );
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    };
+    let status = ginx.exit_status().await;
     assert!(status.success(), "exit status {status:?}");
 }

@@ -171,7 +171,6 @@ pub struct UpstreamReport {
     pub addr: Option<std::net::SocketAddr>,
     pub status: Option<u16>,
     pub response_time: Option<Duration>,
-    pub attempts: u32,
 }
 
 /// Forward one request. `upstream_uri` is the path and query to send.
@@ -238,7 +237,6 @@ pub async fn forward(
         tried.push(i);
         let peer = &rt.balancer.peers[i];
         report.addr = Some(peer.addr);
-        report.attempts += 1;
         let scheme = if pass.https { "https" } else { "http" };
         let uri: Uri = match format!("{scheme}://{}{}", peer.addr, path_and_query).parse() {
             Ok(u) => u,

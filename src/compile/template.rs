@@ -94,12 +94,6 @@ impl Template {
         self.parts.is_empty()
     }
 
-    pub fn uses_captures(&self) -> bool {
-        self.parts
-            .iter()
-            .any(|p| matches!(p, Part::Var(Var::Capture(_) | Var::Named(_))))
-    }
-
     /// Does the text start with this literal (before any variable)?
     pub fn starts_with_literal(&self, prefix: &str) -> bool {
         matches!(self.parts.first(), Some(Part::Literal(l)) if l.starts_with(prefix.as_bytes()))

@@ -129,8 +129,3 @@ pub fn closest<'a>(word: &str, known: impl IntoIterator<Item = &'a str>) -> Opti
         .min_by_key(|(d, _)| *d)
         .map(|(_, k)| k)
 }
-
-/// A file name for error messages about paths that are not configuration files.
-pub fn path_origin(path: &Path) -> Origin {
-    Origin::file_start(&Arc::from(PathBuf::from(path).as_path()))
-}

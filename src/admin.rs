@@ -93,7 +93,30 @@ impl Default for Metrics {
     }
 }
 
+/// The request counters of one server/location, one per status class,
+/// taken from the family once and kept beside the location.
+pub struct StatusCounters([Counter; 5]);
+
+impl StatusCounters {
+    pub fn count(&self, status: u16) {
+        self.0[(status / 100).clamp(1, 5) as usize - 1].inc();
+    }
+}
+
 impl Metrics {
+    /// The counters labelled `server`/`location`, one per status class.
+    pub fn status_counters(&self, server: &Arc<str>, location: &Arc<str>) -> StatusCounters {
+        StatusCounters([100, 200, 300, 400, 500].map(|status| {
+            self.requests
+                .get_or_create(&RequestLabels {
+                    server: server.clone(),
+                    location: location.clone(),
+                    status: Self::status_class(status),
+                })
+                .clone()
+        }))
+    }
+
     pub fn status_class(status: u16) -> &'static str {
         match status / 100 {
             1 => "1xx",

@@ -42,7 +42,10 @@ impl PeerState {
         !self.unhealthy.load(Relaxed)
     }
     pub fn is_marked_down(&self) -> bool {
-        self.down_until_ms.load(Relaxed) > now_ms()
+        // Read the clock only for a peer that has been marked at all: a pick
+        // checks every peer, and the clock is most of that check's cost.
+        let until = self.down_until_ms.load(Relaxed);
+        until != 0 && until > now_ms()
     }
 }
 

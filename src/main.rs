@@ -48,6 +48,11 @@ enum Command {
     },
 }
 
+// mimalloc: glibc's malloc showed as 5% of a proxied request's CPU time;
+// mimalloc's thread-local free lists make small allocations cheap.
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 fn default_config_path() -> PathBuf {
     let local = PathBuf::from("ginx.yaml");
     if local.exists() {
@@ -185,10 +190,17 @@ fn run(path: &Path) -> ExitCode {
         return ExitCode::FAILURE;
     };
     init_logging(&config);
-    let mut runtime = tokio::runtime::Builder::new_multi_thread();
-    if let Some(n) = config.settings.worker_threads {
-        runtime.worker_threads(n);
-    }
+    // One worker thread is tokio's current-thread scheduler: no work-stealing
+    // queues, no cross-thread wakeups, as an nginx worker.
+    let mut runtime = match config.settings.worker_threads {
+        Some(1) => tokio::runtime::Builder::new_current_thread(),
+        Some(n) => {
+            let mut b = tokio::runtime::Builder::new_multi_thread();
+            b.worker_threads(n);
+            b
+        }
+        None => tokio::runtime::Builder::new_multi_thread(),
+    };
     let runtime = match runtime.enable_all().build() {
         Ok(r) => r,
         Err(e) => {

@@ -380,3 +380,33 @@ async fn sigterm_lets_an_in_flight_request_finish() {
     let status = ginx.exit_status().await;
     assert!(status.success(), "exit status {status:?}");
 }
+
+/// `worker_threads: 1` runs tokio's current-thread scheduler: a slow
+/// proxied request does not hold up others, and a saved file still reloads
+/// (loading runs on the blocking pool).
+#[tokio::test]
+async fn one_worker_thread_serves_concurrently_and_reloads() {
+    let up = common::upstream("one-thread").await;
+    let yaml = format!(
+        "worker_threads: 1\naccess_log: {{ path: \"off\" }}\nupstreams:\n  app: {{ servers: [\"{}\"] }}\nservers:\n  - listen: [\"127.0.0.1:{{p0}}\"]\n    locations:\n      - location: /\n        proxy_pass: http://app\n      - location: = /version\n        return: 200 \"one\"\n",
+        up.addr
+    );
+    let ginx = Binary::start(&yaml).await;
+    let addr = ginx.addr;
+    let slow = tokio::spawn(async move { get(addr, "x", "/slow/1500").await });
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    for _ in 0..20 {
+        assert_eq!(get(addr, "x", "/fast").await.status, 200);
+    }
+    assert!(!slow.is_finished(), "fast requests waited for the slow one");
+    assert_eq!(slow.await.unwrap().status, 200);
+
+    let path = ginx._dir.path().join("ginx.yaml");
+    let text = std::fs::read_to_string(&path).unwrap();
+    std::fs::write(&path, text.replace("\"one\"", "\"two\"")).unwrap();
+    let deadline = Instant::now() + IO_LIMIT;
+    while common::answer(addr, "x", "/version").await.1 != "two" {
+        assert!(Instant::now() < deadline, "the saved file was not applied");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}

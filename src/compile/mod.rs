@@ -107,6 +107,9 @@ pub struct Location {
     pub access: Arc<[AccessRule]>,
     pub proxy_read_timeout: Option<Duration>,
     pub proxy_send_timeout: Option<Duration>,
+    /// Its request counters, looked up once (the first request) rather than
+    /// hashed by label on every request.
+    pub counters: std::sync::OnceLock<crate::admin::StatusCounters>,
 }
 
 impl Location {
@@ -131,6 +134,8 @@ pub struct Server {
     pub tls: Option<crate::tls::ServerCert>,
     /// It wrote a `tls:` block (which may have failed to load, already reported).
     pub has_tls_block: bool,
+    /// Counters of requests answered with no location (as Location::counters).
+    pub counters: std::sync::OnceLock<crate::admin::StatusCounters>,
 }
 
 impl Server {
@@ -925,6 +930,7 @@ fn compile_server(
         table,
         tls,
         has_tls_block: s.tls.is_some(),
+        counters: Default::default(),
     });
     (server, listens, patterns)
 }
@@ -1051,6 +1057,7 @@ fn compile_location(
             l.proxy_send_timeout.as_ref(),
             "proxy_send_timeout",
         ),
+        counters: Default::default(),
     };
     Some((location, regex))
 }

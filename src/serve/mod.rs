@@ -340,6 +340,25 @@ async fn serve_connection(
         return drive(shared, TokioIo::new(io), info, state, limits, http2, stop).await;
     };
     // Under TLS the wrapper sees ciphertext: it keeps only the timers.
+    // Boxed: a task's memory is its largest state, and an idle plain
+    // connection should not carry the size of a TLS one.
+    Box::pin(serve_tls(
+        shared, stream, tls, remote, local, state, limits, stop,
+    ))
+    .await
+}
+
+#[allow(clippy::too_many_arguments)]
+async fn serve_tls(
+    shared: Arc<Shared>,
+    stream: TcpStream,
+    tls: Arc<rustls::ServerConfig>,
+    remote: SocketAddr,
+    local: SocketAddr,
+    state: Arc<ConnState>,
+    limits: HeadLimits,
+    stop: watch::Receiver<bool>,
+) {
     let io = ClientIo::new(stream, state.clone(), limits, false);
     let handshake = tokio_rustls::TlsAcceptor::from(tls).accept(io);
     match tokio::time::timeout(limits.header_timeout, handshake).await {
@@ -435,8 +454,9 @@ async fn drive<I>(
         .max_header_list_size(limits.max_header_size as u32)
         .max_pending_accept_reset_streams(H2_MAX_PENDING_RESETS)
         .max_local_error_reset_streams(H2_MAX_LOCAL_ERROR_RESETS);
-    let conn = builder.serve_connection_with_upgrades(io, service);
-    tokio::pin!(conn);
+    // Boxed: HTTP/2's connection state is much larger than HTTP/1's.
+    let mut conn = Box::pin(builder.serve_connection_with_upgrades(io, service));
+    let conn = conn.as_mut();
     watch_connection(
         conn,
         |c| c.graceful_shutdown(),
@@ -642,7 +662,9 @@ async fn respond(
         Outcome::Close => return None,
         Outcome::Proxy { uri } => {
             let mut report = UpstreamReport::default();
-            let result = forward::forward(
+            // Boxed: hyper keeps room for this handler's future on every
+            // connection, idle ones included; forwarding's state is most of it.
+            let result = Box::pin(forward::forward(
                 &generation.upstreams,
                 &routed,
                 &info,
@@ -650,15 +672,19 @@ async fn respond(
                 upgrade,
                 uri,
                 &mut report,
-            )
+            ))
             .await;
-            if let (Some(t), Some(pass)) = (report.response_time, routed.proxy_pass()) {
-                let labels = crate::admin::UpstreamLabels {
-                    upstream: pass.proxy_host().to_string(),
-                };
-                metrics
-                    .upstream_time
-                    .get_or_create(&labels)
+            if let (Some(t), Some(rt)) = (
+                report.response_time,
+                report.group.and_then(|g| generation.upstreams.get(g)),
+            ) {
+                rt.response_time
+                    .get_or_init(|| {
+                        let labels = crate::admin::UpstreamLabels {
+                            upstream: rt.upstream.name.to_string(),
+                        };
+                        metrics.upstream_time.get_or_create(&labels).clone()
+                    })
                     .observe(t.as_secs_f64());
             }
             entry.upstream_addr = report.addr;
@@ -686,14 +712,16 @@ async fn respond(
         .unwrap_or(&routed.server.headers);
     let ctx = routed.var_context(&info);
     static NO_LOCATION: std::sync::LazyLock<Arc<str>> = std::sync::LazyLock::new(|| Arc::from("-"));
-    let labels = crate::admin::RequestLabels {
-        server: routed.server.label.clone(),
-        location: routed
-            .location
-            .map_or_else(|| NO_LOCATION.clone(), |l| l.label.clone()),
-        status: crate::admin::Metrics::status_class(response.status().as_u16()),
+    let server = routed.server;
+    let counters = match routed.location {
+        Some(l) => l
+            .counters
+            .get_or_init(|| metrics.status_counters(&server.label, &l.label)),
+        None => server
+            .counters
+            .get_or_init(|| metrics.status_counters(&server.label, &NO_LOCATION)),
     };
-    metrics.requests.get_or_create(&labels).inc();
+    counters.count(response.status().as_u16());
     // A 101's Connection says "upgrade": it must not be turned into "close".
     // After a malformed request (400) the connection is not trusted: close it, as nginx.
     let close = (close || response.status() == http::StatusCode::BAD_REQUEST)

@@ -42,6 +42,7 @@ pub struct Metrics {
     pub requests: Family<RequestLabels, Counter>,
     pub upstream_time: Family<UpstreamLabels, Histogram>,
     pub active_connections: Gauge,
+    pub parked_connections: Gauge,
     pub reloads: Family<ResultLabels, Counter>,
     pub generation: Gauge,
 }
@@ -70,6 +71,12 @@ impl Default for Metrics {
             "Client connections open now",
             active_connections.clone(),
         );
+        let parked_connections = Gauge::default();
+        registry.register(
+            "parked_connections",
+            "Idle HTTP/1 client connections parked (socket kept, buffers freed)",
+            parked_connections.clone(),
+        );
         let reloads = Family::<ResultLabels, Counter>::default();
         registry.register(
             "reloads",
@@ -87,6 +94,7 @@ impl Default for Metrics {
             requests,
             upstream_time,
             active_connections,
+            parked_connections,
             reloads,
             generation,
         }

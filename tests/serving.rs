@@ -410,3 +410,94 @@ async fn one_worker_thread_serves_concurrently_and_reloads() {
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
 }
+
+/// An HTTP/1 connection idle past PARK_AFTER (1 s) is parked: hyper's state
+/// is dropped and the socket kept. The client sees nothing of it: the next
+/// request (and a pipelined pair after that) is answered on the same
+/// connection, the head limits still apply to it, and keepalive_timeout
+/// still closes it.
+#[tokio::test]
+async fn a_parked_idle_connection_serves_its_next_requests() {
+    let admin = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap();
+    let yaml = LIMITS
+        .replace("keepalive_timeout: 1s", "keepalive_timeout: 4s")
+        .replace("keepalive_requests: 3", "keepalive_requests: 100")
+        .replace(
+            "http:\n",
+            &format!("admin: {{ listen: \"{admin}\" }}\nhttp:\n"),
+        );
+    let gw = start_one(&yaml, 1).await;
+    let parked = || async move {
+        let metrics = common::get(admin, "admin", "/metrics").await.text();
+        metrics
+            .lines()
+            .find_map(|l| l.strip_prefix("ginx_parked_connections "))
+            .map(|v| v.trim().to_string())
+            .unwrap_or_else(|| panic!("no parked gauge in {metrics}"))
+    };
+    let mut s = TcpStream::connect(gw.addr(0)).await.unwrap();
+    s.write_all(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n")
+        .await
+        .unwrap();
+    let r = read_answers(&mut s, 1).await;
+    assert_eq!(r[0].status, 200);
+    assert_eq!(parked().await, "0");
+    for round in 0..2 {
+        // Idle past the park delay, then two pipelined requests.
+        tokio::time::sleep(Duration::from_millis(1500)).await;
+        assert_eq!(
+            parked().await,
+            "1",
+            "round {round}: the idle connection is parked"
+        );
+        s.write_all(b"GET / HTTP/1.1\r\nHost: x\r\n\r\nGET / HTTP/1.1\r\nHost: x\r\n\r\n")
+            .await
+            .unwrap();
+        let r = read_answers(&mut s, 2).await;
+        assert!(r.iter().all(|r| r.status == 200), "round {round}: {r:?}");
+    }
+    // After parking, a head over max_header_size still gets 431.
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    let big = format!(
+        "GET / HTTP/1.1\r\nHost: x\r\nX: {}\r\n\r\n",
+        "a".repeat(5000)
+    );
+    s.write_all(big.as_bytes()).await.unwrap();
+    let answer = read_to_close(&mut s).await;
+    assert_eq!(parse_responses(&answer)[0].status, 431);
+
+    // A parked connection is still closed at keepalive_timeout (4 s).
+    let mut idle = TcpStream::connect(gw.addr(0)).await.unwrap();
+    idle.write_all(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n")
+        .await
+        .unwrap();
+    let started = Instant::now();
+    let rest = read_to_close(&mut idle).await;
+    assert_eq!(parse_responses(&rest)[0].status, 200);
+    let open_for = started.elapsed();
+    assert!(
+        open_for >= Duration::from_secs(3),
+        "closed after {open_for:?}, before keepalive_timeout"
+    );
+    gw.stop().await;
+}
+
+/// Read until `want` whole responses have arrived on `s`.
+async fn read_answers(s: &mut TcpStream, want: usize) -> Vec<common::Resp> {
+    let mut got = Vec::new();
+    let deadline = Instant::now() + IO_LIMIT;
+    let mut buf = vec![0u8; 4096];
+    while parse_responses(&got).len() < want {
+        assert!(Instant::now() < deadline, "no answer");
+        let n = tokio::time::timeout(IO_LIMIT, s.read(&mut buf))
+            .await
+            .unwrap()
+            .unwrap();
+        assert!(n > 0, "connection closed");
+        got.extend_from_slice(&buf[..n]);
+    }
+    parse_responses(&got)
+}

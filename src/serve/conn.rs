@@ -3,6 +3,11 @@
 //! `client_header_timeout` and `keepalive_timeout`, which hyper's HTTP/1
 //! server does not do the way nginx users expect.
 //!
+//! An HTTP/1 connection idle for [`PARK_AFTER`] is parked: hyper's
+//! connection (two 8 KiB buffers and its state) is dropped and only the
+//! socket is kept until the next request's bytes arrive, so an idle
+//! keep-alive connection costs about as much as nginx's.
+//!
 //! The wrapper sees bytes only between requests (no request in flight): those
 //! are the next request's head. Bytes read while a request is in flight
 //! (its body, or a pipelined head) are hyper's to judge, with a limit slightly
@@ -38,8 +43,16 @@ pub struct ConnState {
     http2: AtomicBool,
     /// A 101 was answered: the bytes are another protocol's now.
     upgraded: AtomicBool,
+    /// The connection is being parked: hyper's shutdown must leave the socket open.
+    parking: AtomicBool,
+    /// Milliseconds since `start` when it was last unparked: parking again
+    /// waits PARK_AFTER from then too, so that the new hyper connection reads first.
+    unparked_ms: AtomicU64,
     server_tokens: bool,
 }
+
+/// How long an HTTP/1 connection stays idle before it is parked.
+pub const PARK_AFTER: Duration = Duration::from_secs(1);
 
 impl ConnState {
     pub fn new(server_tokens: bool) -> Arc<Self> {
@@ -53,6 +66,8 @@ impl ConnState {
             head_timed_out: AtomicBool::new(false),
             http2: AtomicBool::new(false),
             upgraded: AtomicBool::new(false),
+            parking: AtomicBool::new(false),
+            unparked_ms: AtomicU64::new(0),
             server_tokens,
         })
     }
@@ -83,6 +98,15 @@ impl ConnState {
     /// ALPN chose h2 on a TLS connection.
     pub fn mark_http2(&self) {
         self.http2.store(true, Relaxed);
+    }
+
+    /// Ask the wrapper to let hyper's shutdown pass without closing the socket.
+    pub fn start_parking(&self) {
+        self.parking.store(true, Relaxed);
+    }
+
+    pub fn is_parking(&self) -> bool {
+        self.parking.load(Relaxed)
     }
 
     /// The connection switched protocols (WebSocket): no more HTTP heads to check.
@@ -176,6 +200,9 @@ pub struct ClientIo {
     /// Plain HTTP: heads are checked and 408/414/431 written here. Under TLS
     /// the bytes are ciphertext: only the timers apply (a slow head is closed).
     plain: bool,
+    /// Bytes hyper had read but not used when the connection was parked,
+    /// given back first (they were scanned when they arrived).
+    replay: bytes::Bytes,
 }
 
 impl ClientIo {
@@ -186,7 +213,23 @@ impl ClientIo {
             limits,
             scan: HeadScan::default(),
             plain,
+            replay: bytes::Bytes::new(),
         }
+    }
+
+    /// Back from parking: `leftover` is what hyper had read and not used.
+    pub fn unpark(&mut self, leftover: bytes::Bytes) {
+        self.state.parking.store(false, Relaxed);
+        self.state.unparked_ms.store(self.state.now_ms(), Relaxed);
+        self.replay = leftover;
+    }
+
+    /// Wait until the client sends something (or closes).
+    pub async fn readable(&self) -> io::Result<()> {
+        if !self.replay.is_empty() {
+            return Ok(());
+        }
+        self.inner.readable().await
     }
 
     /// Answer with one of ginx's pages directly on the socket and end the
@@ -210,6 +253,11 @@ impl AsyncRead for ClientIo {
         buf: &mut ReadBuf<'_>,
     ) -> Poll<io::Result<()>> {
         let this = &mut *self;
+        if !this.replay.is_empty() {
+            let n = this.replay.len().min(buf.remaining());
+            buf.put_slice(&this.replay.split_to(n));
+            return Poll::Ready(Ok(()));
+        }
         if this.state.head_timed_out.load(Relaxed) {
             return Poll::Ready(Err(
                 this.reject(http::StatusCode::REQUEST_TIMEOUT, "client_header_timeout")
@@ -289,6 +337,9 @@ impl AsyncWrite for ClientIo {
         Pin::new(&mut self.inner).poll_flush(cx)
     }
     fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        if self.state.parking.load(Relaxed) {
+            return Poll::Ready(Ok(())); // the socket outlives this hyper connection
+        }
         Pin::new(&mut self.inner).poll_shutdown(cx)
     }
 }
@@ -301,10 +352,13 @@ pub enum Watch {
     CloseIdle,
     /// A head has been arriving for too long: answer 408.
     HeadTimeout,
+    /// Idle between requests for PARK_AFTER: drop hyper's state, keep the socket.
+    Park,
 }
 
-/// Decide what is due now for the connection.
-pub fn watch(state: &ConnState, limits: &HeadLimits) -> Watch {
+/// Decide what is due now for the connection (`can_park`: HTTP/1 served by
+/// a driver that can park).
+pub fn watch(state: &ConnState, limits: &HeadLimits, can_park: bool) -> Watch {
     let now_ms = state.now_ms();
     let at = |ms: u64| state.start + Duration::from_millis(ms.saturating_sub(1));
     if state.in_flight.load(Relaxed) > 0 {
@@ -333,9 +387,18 @@ pub fn watch(state: &ConnState, limits: &HeadLimits) -> Watch {
         };
     }
     // Between requests: keepalive_timeout from the end of the last response.
-    let due = state.idle_since_ms.load(Relaxed) + limits.keepalive_timeout.as_millis() as u64;
+    let idle_since = state.idle_since_ms.load(Relaxed);
+    let due = idle_since + limits.keepalive_timeout.as_millis() as u64;
+    let park_at = idle_since.max(state.unparked_ms.load(Relaxed)) + PARK_AFTER.as_millis() as u64;
+    let can_park = can_park && !state.is_http2() && !state.upgraded.load(Relaxed);
     if now_ms >= due {
         Watch::CloseIdle
+    } else if can_park && park_at < due {
+        if now_ms >= park_at {
+            Watch::Park
+        } else {
+            Watch::Sleep(at(park_at))
+        }
     } else {
         Watch::Sleep(at(due))
     }

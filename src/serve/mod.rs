@@ -337,7 +337,10 @@ async fn serve_connection(
             remote,
             tls: false,
         };
-        return drive(shared, TokioIo::new(io), info, state, limits, http2, stop).await;
+        if http2 {
+            return drive(shared, TokioIo::new(io), info, state, limits, stop).await;
+        }
+        return drive_http1(shared, io, info, state, limits, stop).await;
     };
     // Under TLS the wrapper sees ciphertext: it keeps only the timers.
     // Boxed: a task's memory is its largest state, and an idle plain
@@ -371,35 +374,24 @@ async fn serve_tls(
                 remote,
                 tls: true,
             };
-            drive(
-                shared,
-                TokioIo::new(tls_stream),
-                info,
-                state,
-                limits,
-                true,
-                stop,
-            )
-            .await;
+            drive(shared, TokioIo::new(tls_stream), info, state, limits, stop).await;
         }
         Ok(Err(e)) => tracing::debug!(%remote, error = %e, "TLS handshake failed"),
         Err(_) => tracing::debug!(%remote, "TLS handshake not done within client_header_timeout"),
     }
 }
 
-/// Serve HTTP on one connection (plain or TLS) until it ends, applying the
-/// connection's timers and a graceful stop.
-///
-/// A plain listener without the `http2` flag speaks HTTP/1 only, through
-/// hyper's HTTP/1 server: hyper-util's auto builder would still answer an
-/// HTTP/2 preface (unannounced h2c) even when told HTTP/1 only.
+/// Serve HTTP/1.1 or HTTP/2 on one connection (TLS, or a plain listener
+/// with the `http2` flag) until it ends, applying the connection's timers
+/// and a graceful stop. A plain listener without the flag speaks HTTP/1
+/// only, through [`drive_http1`]: hyper-util's auto builder would still
+/// answer an HTTP/2 preface (unannounced h2c) even when told HTTP/1 only.
 async fn drive<I>(
     shared: Arc<Shared>,
     io: TokioIo<I>,
     info: ConnInfo,
     state: Arc<ConnState>,
     limits: HeadLimits,
-    http2: bool,
     stop: watch::Receiver<bool>,
 ) where
     I: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
@@ -418,24 +410,6 @@ async fn drive<I>(
     } else {
         (limits.max_header_size + 4096).max(256 * 1024)
     };
-    if !http2 {
-        let conn = hyper::server::conn::http1::Builder::new()
-            .keep_alive(true)
-            .max_buf_size(read_buffer)
-            .max_headers(MAX_HEADERS)
-            .serve_connection(io, service)
-            .with_upgrades();
-        tokio::pin!(conn);
-        return watch_connection(
-            conn,
-            |c| c.graceful_shutdown(),
-            &state,
-            &limits,
-            stop,
-            info.remote,
-        )
-        .await;
-    }
     let mut builder = auto::Builder::new(TokioExecutor::new());
     builder
         .http1()
@@ -464,8 +438,98 @@ async fn drive<I>(
         &limits,
         stop,
         info.remote,
+        false,
     )
     .await;
+}
+
+/// Serve a plain HTTP/1 connection, parking it when idle: hyper's
+/// connection is dropped (its buffers with it) and the socket alone waits
+/// for the next request, which gets a new hyper connection.
+async fn drive_http1(
+    shared: Arc<Shared>,
+    mut io: ClientIo,
+    info: ConnInfo,
+    state: Arc<ConnState>,
+    limits: HeadLimits,
+    mut stop: watch::Receiver<bool>,
+) {
+    let parked = shared.metrics.parked_connections.clone();
+    let service = {
+        let state = state.clone();
+        hyper::service::service_fn(move |req| {
+            handle_request(shared.clone(), state.clone(), info, req)
+        })
+    };
+    let read_buffer = (limits.max_header_size + 4096).max(256 * 1024);
+    loop {
+        // Boxed, so that a parked connection's task holds none of it.
+        let mut conn = Box::pin(
+            hyper::server::conn::http1::Builder::new()
+                .keep_alive(true)
+                .max_buf_size(read_buffer)
+                .max_headers(MAX_HEADERS)
+                .serve_connection(TokioIo::new(io), service.clone())
+                .with_upgrades(),
+        );
+        let ended = watch_connection(
+            conn.as_mut(),
+            |c| c.graceful_shutdown(),
+            &state,
+            &limits,
+            stop.clone(),
+            info.remote,
+            true,
+        )
+        .await;
+        if ended != Ended::Parked {
+            return;
+        }
+        let Some(parts) = std::pin::Pin::into_inner(conn).into_parts() else {
+            return;
+        };
+        io = parts.io.into_inner();
+        io.unpark(parts.read_buf);
+        drop(parts.service);
+        parked.inc();
+        let woken = wait_for_request(&io, &state, &limits, &mut stop).await;
+        parked.dec();
+        if !woken {
+            return;
+        }
+    }
+}
+
+/// A parked connection waits here: true when the client sends something,
+/// false when keepalive_timeout passes or ginx stops (the socket is closed).
+async fn wait_for_request(
+    io: &ClientIo,
+    state: &ConnState,
+    limits: &HeadLimits,
+    stop: &mut watch::Receiver<bool>,
+) -> bool {
+    if *stop.borrow() {
+        return false;
+    }
+    loop {
+        let due = match conn::watch(state, limits, false) {
+            Watch::Sleep(at) => at,
+            _ => return false,
+        };
+        tokio::select! {
+            r = io.readable() => return r.is_ok(),
+            _ = tokio::time::sleep_until(due.into()) => {}
+            _ = stop.changed() => return false,
+        }
+    }
+}
+
+/// How a connection's driving ended.
+#[derive(PartialEq, Eq)]
+enum Ended {
+    Closed,
+    /// Idle and handed back without closing the socket (HTTP/1 only).
+    Parked,
 }
 
 /// Most header fields in one request head (hyper's default is 100; real
@@ -481,7 +545,9 @@ async fn watch_connection<F, E, G>(
     limits: &HeadLimits,
     mut stop: watch::Receiver<bool>,
     remote: SocketAddr,
-) where
+    can_park: bool,
+) -> Ended
+where
     F: std::future::Future<Output = Result<(), E>>,
     E: std::fmt::Display,
     G: FnMut(std::pin::Pin<&mut F>),
@@ -489,8 +555,17 @@ async fn watch_connection<F, E, G>(
     let mut stopping = false;
     let mut head_timeout_fired = false;
     loop {
-        let sleep_until = match conn::watch(state, limits) {
+        let sleep_until = match conn::watch(state, limits, can_park && !stopping) {
             Watch::Sleep(at) => at,
+            Watch::Park if state.is_parking() => {
+                // hyper is finishing its (idle) connection; give it a moment.
+                tokio::time::Instant::now().into_std() + Duration::from_secs(1)
+            }
+            Watch::Park => {
+                state.start_parking();
+                graceful(conn.as_mut());
+                tokio::time::Instant::now().into_std() + Duration::from_secs(1)
+            }
             Watch::CloseIdle if state.is_http2() && !stopping => {
                 // HTTP/2: say goodbye with GOAWAY rather than a bare close.
                 stopping = true;
@@ -499,9 +574,9 @@ async fn watch_connection<F, E, G>(
             }
             Watch::CloseIdle => {
                 tracing::debug!(%remote, "closing idle connection");
-                return;
+                return Ended::Closed;
             }
-            Watch::HeadTimeout if head_timeout_fired => return,
+            Watch::HeadTimeout if head_timeout_fired => return Ended::Closed,
             Watch::HeadTimeout => {
                 // Let the IO wrapper answer 408 on hyper's next read; give it a moment.
                 head_timeout_fired = true;
@@ -513,8 +588,9 @@ async fn watch_connection<F, E, G>(
             result = conn.as_mut() => {
                 if let Err(e) = result {
                     tracing::debug!(%remote, error = %e, "connection ended with an error");
+                    return Ended::Closed;
                 }
-                return;
+                return if state.is_parking() { Ended::Parked } else { Ended::Closed };
             }
             _ = tokio::time::sleep_until(sleep_until.into()) => {}
             _ = stop.changed(), if !stopping => {

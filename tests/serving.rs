@@ -501,3 +501,25 @@ async fn read_answers(s: &mut TcpStream, want: usize) -> Vec<common::Resp> {
     }
     parse_responses(&got)
 }
+
+/// keepalive_timeout counts from the end of the last response even when it
+/// is shorter than client_header_timeout (the watchdog's deadline moves
+/// when a request ends, without waiting for the header deadline first).
+#[tokio::test]
+async fn keepalive_timeout_shorter_than_header_timeout_closes_on_time() {
+    let yaml = LIMITS.replace("client_header_timeout: 1s", "client_header_timeout: 20s");
+    let gw = start_one(&yaml, 1).await;
+    let mut s = TcpStream::connect(gw.addr(0)).await.unwrap();
+    s.write_all(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n")
+        .await
+        .unwrap();
+    let started = Instant::now();
+    let answer = read_to_close(&mut s).await;
+    assert_eq!(parse_responses(&answer)[0].status, 200);
+    let open_for = started.elapsed();
+    assert!(
+        open_for < Duration::from_secs(10),
+        "idle connection kept {open_for:?} with keepalive_timeout 1s"
+    );
+    gw.stop().await;
+}

@@ -100,6 +100,12 @@ impl ConnState {
         self.http2.store(true, Relaxed);
     }
 
+    /// Changes whenever a deadline may have moved: a request started or
+    /// finished, or a head's first byte arrived.
+    pub fn progress(&self) -> (u32, u64) {
+        (self.epoch.load(Relaxed), self.head_started_ms.load(Relaxed))
+    }
+
     /// Ask the wrapper to let hyper's shutdown pass without closing the socket.
     pub fn start_parking(&self) {
         self.parking.store(true, Relaxed);

@@ -23,9 +23,11 @@ use hyper::body::Incoming;
 use hyper_util::rt::{TokioExecutor, TokioIo};
 use hyper_util::server::conn::auto;
 use std::collections::HashMap;
+use std::future::Future;
 use std::io;
 use std::net::SocketAddr;
 use std::sync::Arc;
+use std::task::Poll;
 use std::time::{Duration, Instant};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{watch, Semaphore};
@@ -554,6 +556,8 @@ where
 {
     let mut stopping = false;
     let mut head_timeout_fired = false;
+    let timer = tokio::time::sleep(Duration::ZERO);
+    tokio::pin!(timer);
     loop {
         let sleep_until = match conn::watch(state, limits, can_park && !stopping) {
             Watch::Sleep(at) => at,
@@ -584,21 +588,47 @@ where
                 tokio::time::Instant::now().into_std() + Duration::from_secs(1)
             }
         };
-        tokio::select! {
-            result = conn.as_mut() => {
-                if let Err(e) = result {
-                    tracing::debug!(%remote, error = %e, "connection ended with an error");
-                    return Ended::Closed;
-                }
-                return if state.is_parking() { Ended::Parked } else { Ended::Closed };
+        timer.as_mut().reset(sleep_until.into());
+        // Deadlines move when a request starts or ends and when a head's
+        // first byte arrives: the state's progress marks those, and is
+        // checked each time the connection is polled (no wake-up of its own).
+        let seen = state.progress();
+        let changed = stop.changed();
+        tokio::pin!(changed);
+        let event = std::future::poll_fn(|cx| {
+            if let Poll::Ready(result) = conn.as_mut().poll(cx) {
+                return Poll::Ready(Event::Ended(result));
             }
-            _ = tokio::time::sleep_until(sleep_until.into()) => {}
-            _ = stop.changed(), if !stopping => {
+            if !stopping && changed.as_mut().poll(cx).is_ready() {
+                return Poll::Ready(Event::Stop);
+            }
+            if state.progress() != seen || timer.as_mut().poll(cx).is_ready() {
+                return Poll::Ready(Event::Recheck);
+            }
+            Poll::Pending
+        })
+        .await;
+        match event {
+            Event::Ended(Err(e)) => {
+                tracing::debug!(%remote, error = %e, "connection ended with an error");
+                return Ended::Closed;
+            }
+            Event::Ended(Ok(())) if state.is_parking() => return Ended::Parked,
+            Event::Ended(Ok(())) => return Ended::Closed,
+            Event::Stop => {
                 stopping = true;
                 graceful(conn.as_mut());
             }
+            Event::Recheck => {}
         }
     }
+}
+
+/// What woke the watchdog.
+enum Event<E> {
+    Ended(Result<(), E>),
+    Stop,
+    Recheck,
 }
 
 /// Transfer codings ginx accepts: exactly one Transfer-Encoding, `chunked`.

@@ -470,14 +470,7 @@ async fn a_parked_idle_connection_serves_its_next_requests() {
     assert_eq!(parse_responses(&answer)[0].status, 431);
 
     // A parked connection is still closed at keepalive_timeout (4 s).
-    let mut idle = TcpStream::connect(gw.addr(0)).await.unwrap();
-    idle.write_all(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n")
-        .await
-        .unwrap();
-    let started = Instant::now();
-    let rest = read_to_close(&mut idle).await;
-    assert_eq!(parse_responses(&rest)[0].status, 200);
-    let open_for = started.elapsed();
+    let open_for = open_after_one_request(gw.addr(0)).await;
     assert!(
         open_for >= Duration::from_secs(3),
         "closed after {open_for:?}, before keepalive_timeout"
@@ -509,17 +502,23 @@ async fn read_answers(s: &mut TcpStream, want: usize) -> Vec<common::Resp> {
 async fn keepalive_timeout_shorter_than_header_timeout_closes_on_time() {
     let yaml = LIMITS.replace("client_header_timeout: 1s", "client_header_timeout: 20s");
     let gw = start_one(&yaml, 1).await;
-    let mut s = TcpStream::connect(gw.addr(0)).await.unwrap();
+    let open_for = open_after_one_request(gw.addr(0)).await;
+    assert!(
+        open_for < Duration::from_secs(10),
+        "idle connection kept {open_for:?} with keepalive_timeout 1s"
+    );
+    gw.stop().await;
+}
+
+/// One request on a new keep-alive connection: how long the connection
+/// stayed open after it was sent (until ginx closed it).
+async fn open_after_one_request(addr: std::net::SocketAddr) -> Duration {
+    let mut s = TcpStream::connect(addr).await.unwrap();
     s.write_all(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n")
         .await
         .unwrap();
     let started = Instant::now();
     let answer = read_to_close(&mut s).await;
     assert_eq!(parse_responses(&answer)[0].status, 200);
-    let open_for = started.elapsed();
-    assert!(
-        open_for < Duration::from_secs(10),
-        "idle connection kept {open_for:?} with keepalive_timeout 1s"
-    );
-    gw.stop().await;
+    started.elapsed()
 }

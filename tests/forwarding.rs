@@ -544,3 +544,83 @@ servers:
     }
     gw.stop().await;
 }
+
+/// An upstream that reads each request head and answers with `reply` as
+/// raw bytes, then closes the connection.
+async fn raw_upstream(reply: Vec<u8>) -> std::net::SocketAddr {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(async move {
+        while let Ok((mut s, _)) = listener.accept().await {
+            let reply = reply.clone();
+            tokio::spawn(async move {
+                let mut head = Vec::new();
+                let mut buf = [0u8; 4096];
+                while !head.windows(4).any(|w| w == b"\r\n\r\n") && head.len() < 65536 {
+                    match s.read(&mut buf).await {
+                        Ok(0) | Err(_) => return,
+                        Ok(n) => head.extend_from_slice(&buf[..n]),
+                    }
+                }
+                let _ = s.write_all(&reply).await;
+                let _ = s.shutdown().await;
+            });
+        }
+    });
+    addr
+}
+
+/// Upstreams that answer wrongly: each gets a 502 (never a 200, never a
+/// hang), and ginx goes on serving.
+#[tokio::test]
+async fn malformed_or_oversized_upstream_heads_get_502() {
+    let huge_head = {
+        let mut h = b"HTTP/1.1 200 OK\r\n".to_vec();
+        for i in 0..20_000 {
+            h.extend_from_slice(format!("X-Filler-{i}: {}\r\n", "a".repeat(40)).as_bytes());
+        }
+        h.extend_from_slice(b"Content-Length: 2\r\n\r\nok");
+        h
+    };
+    let cases: Vec<(&str, Vec<u8>)> = vec![
+        ("not-http", b"HELLO THERE\r\n\r\n".to_vec()),
+        (
+            "bad-status",
+            b"HTTP/1.1 2000 OK\r\nContent-Length: 2\r\n\r\nok".to_vec(),
+        ),
+        (
+            "bad-length",
+            b"HTTP/1.1 200 OK\r\nContent-Length: abc\r\n\r\nok".to_vec(),
+        ),
+        (
+            "two-lengths",
+            b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\nContent-Length: 3\r\n\r\nok!".to_vec(),
+        ),
+        (
+            "nul-in-header",
+            b"HTTP/1.1 200 OK\r\nX-A: a\0b\r\nContent-Length: 2\r\n\r\nok".to_vec(),
+        ),
+        ("closed-at-once", Vec::new()),
+        ("huge-head", huge_head),
+    ];
+    let mut upstreams = String::new();
+    let mut locations = String::new();
+    for (name, reply) in &cases {
+        let addr = raw_upstream(reply.clone()).await;
+        upstreams.push_str(&format!("  {name}: {{ servers: [\"{addr}\"] }}\n"));
+        locations.push_str(&format!(
+            "      - location: /{name}/\n        proxy_pass: http://{name}\n"
+        ));
+    }
+    let yaml = format!(
+        "upstreams:\n{upstreams}servers:\n  - listen: [\"127.0.0.1:{{p0}}\"]\n    locations:\n{locations}      - location: = /alive\n        return: 200 \"yes\"\n"
+    );
+    let gw = start_one(&yaml, 1).await;
+    for (name, _) in &cases {
+        let r = get(gw.addr(0), "x", &format!("/{name}/")).await;
+        assert_eq!(r.status, 502, "{name}: {r:?}");
+    }
+    assert_eq!(get(gw.addr(0), "x", "/alive").await.status, 200);
+    gw.stop().await;
+}

@@ -624,3 +624,60 @@ async fn malformed_or_oversized_upstream_heads_get_502() {
     assert_eq!(get(gw.addr(0), "x", "/alive").await.status, 200);
     gw.stop().await;
 }
+
+/// An upstream that accepts and reads but never answers: read_timeout
+/// gives 504, and the held connection does not stop other requests.
+#[tokio::test]
+async fn an_upstream_that_never_answers_gets_504_at_read_timeout() {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let holder = tokio::spawn(async move {
+        let mut held = Vec::new();
+        while let Ok((s, _)) = listener.accept().await {
+            held.push(s); // read nothing, answer nothing, close nothing
+        }
+    });
+    let yaml = format!(
+        "upstreams:\n  mute: {{ servers: [\"{addr}\"], read_timeout: 300ms }}\nservers:\n  - listen: [\"127.0.0.1:{{p0}}\"]\n    locations:\n      - location: /mute/\n        proxy_pass: http://mute\n      - location: = /alive\n        return: 200 \"yes\"\n"
+    );
+    let gw = start_one(&yaml, 1).await;
+    let a = gw.addr(0);
+    let (mute, alive) = tokio::join!(get(a, "x", "/mute/"), async {
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        get(a, "x", "/alive").await
+    });
+    assert_eq!(mute.status, 504);
+    assert_eq!(alive.status, 200);
+    holder.abort();
+    gw.stop().await;
+}
+
+/// A killed server is marked down (fail_timeout) while the others answer,
+/// and is used again once it is back and the mark has passed.
+#[tokio::test]
+async fn a_killed_server_is_marked_down_and_comes_back() {
+    let ups = [upstream("a").await, upstream("b").await];
+    let yaml = format!(
+        "upstreams:\n  app:\n    servers:\n      - {{ addr: \"{}\", fail_timeout: 1s }}\n      - {{ addr: \"{}\", fail_timeout: 1s }}\nservers:\n  - listen: [\"127.0.0.1:{{p0}}\"]\n    locations:\n      - location: /\n        proxy_pass: http://app\n",
+        ups[0].addr, ups[1].addr
+    );
+    let gw = start_one(&yaml, 1).await;
+    let a = gw.addr(0);
+    let back_addr = ups[1].addr;
+    ups[1].kill();
+    // While it is down every request is answered by "a", without errors.
+    for _ in 0..20 {
+        let r = get(a, "x", "/").await;
+        assert_eq!(r.status, 200);
+        assert!(r.text().starts_with("a\n"), "{}", r.text());
+    }
+    // It returns on the same address; after fail_timeout it is picked again.
+    let listener = std::net::TcpListener::bind(back_addr).unwrap();
+    let back = common::upstream_on("b", listener).await;
+    tokio::time::sleep(Duration::from_millis(1200)).await;
+    for _ in 0..10 {
+        assert_eq!(get(a, "x", "/").await.status, 200);
+    }
+    assert!(back.hits() > 0, "the returned server got no request");
+    gw.stop().await;
+}

@@ -94,7 +94,7 @@ fn file_level_errors_are_all_reported_with_positions() {
     assert_eq!(out.status.code(), Some(1));
     let missing = dir.path().join("missing.yaml");
     let want = format!(
-        r#"conf.d/b.yaml:3:5: unknown key "locatoins" (did you mean "locations"?); expected one of: listen, server_name, tls, client_max_body_size, client_header_timeout, client_body_timeout, keepalive_timeout, keepalive_requests, max_header_size, add_header, proxy_set_header, proxy_hide_header, allow, deny, locations
+        r#"conf.d/b.yaml:3:5: unknown key "locatoins" (did you mean "locations"?); expected one of: listen, server_name, tls, client_max_body_size, client_header_timeout, client_body_timeout, keepalive_timeout, send_timeout, keepalive_requests, max_header_size, add_header, proxy_set_header, proxy_hide_header, allow, deny, locations
 conf.d/c.yaml:2:13: unclosed bracket '['
 conf.d/d.yaml:3:16: expected a list here, e.g. [a, b] or lines starting with "- "
 conf.d/e.yaml:1:1: unknown key "worker_threads"; expected one of: upstreams, servers; global settings belong in the main file, an included file holds upstreams and servers only

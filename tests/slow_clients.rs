@@ -1,6 +1,7 @@
 //! Slow clients are closed on time while others are served: a TLS handshake
-//! that stalls (client_header_timeout), and a request body that stalls
-//! (client_body_timeout, 408).
+//! that stalls (client_header_timeout), a request body that stalls
+//! (client_body_timeout, 408), and a client that stops reading its
+//! response (send_timeout).
 
 mod common;
 use std::time::{Duration, Instant};
@@ -89,5 +90,36 @@ async fn a_stalled_request_body_gets_408_at_the_body_timeout() {
             );
         }
     }
+    gw.stop().await;
+}
+
+/// A client that asks for a large response and stops reading it: once a
+/// write has waited send_timeout, the connection is closed (the response
+/// cut short), while another client is served meanwhile.
+#[tokio::test]
+async fn a_client_that_stops_reading_is_closed_at_send_timeout() {
+    let up = common::upstream("big").await;
+    let yaml = format!(
+        "http: {{ send_timeout: 1s }}\naccess_log: {{ path: \"off\" }}\nupstreams:\n  app: {{ servers: [\"{}\"] }}\nservers:\n  - listen: [\"127.0.0.1:{{p0}}\"]\n    locations:\n      - location: /\n        proxy_pass: http://app\n",
+        up.addr
+    );
+    let gw = common::start_one(&yaml, 1).await;
+    const SIZE: usize = 64 << 20;
+    let mut slow = tokio::net::TcpStream::connect(gw.addr(0)).await.unwrap();
+    slow.write_all(format!("GET /big/{SIZE} HTTP/1.1\r\nHost: x\r\n\r\n").as_bytes())
+        .await
+        .unwrap();
+    // Not reading: the socket buffers fill and ginx's writes wait.
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    assert_eq!(common::get(gw.addr(0), "x", "/small").await.status, 200);
+    tokio::time::sleep(Duration::from_millis(2500)).await;
+    let mut got = Vec::new();
+    let read = tokio::time::timeout(common::IO_LIMIT, slow.read_to_end(&mut got)).await;
+    assert!(read.is_ok(), "the connection was not closed");
+    assert!(
+        got.len() < SIZE,
+        "the whole response arrived ({} bytes): nothing was cut",
+        got.len()
+    );
     gw.stop().await;
 }

@@ -40,6 +40,8 @@ pub struct Limits {
     pub client_header_timeout: Duration,
     pub client_body_timeout: Duration,
     pub keepalive_timeout: Duration,
+    /// Between two successful writes of a response to the client (nginx's send_timeout).
+    pub send_timeout: Duration,
     pub keepalive_requests: u64,
     pub max_header_size: usize,
 }
@@ -51,6 +53,7 @@ impl Default for Limits {
             client_header_timeout: Duration::from_secs(60),
             client_body_timeout: Duration::from_secs(60),
             keepalive_timeout: Duration::from_secs(75),
+            send_timeout: Duration::from_secs(60),
             keepalive_requests: 1000,
             max_header_size: 32 << 10,
         }
@@ -512,6 +515,7 @@ fn compile_settings(
                     client_header_timeout: h.client_header_timeout.as_ref(),
                     client_body_timeout: h.client_body_timeout.as_ref(),
                     keepalive_timeout: h.keepalive_timeout.as_ref(),
+                    send_timeout: h.send_timeout.as_ref(),
                     keepalive_requests: h.keepalive_requests.as_ref(),
                     max_header_size: h.max_header_size.as_ref(),
                 },
@@ -575,6 +579,7 @@ struct LimitKeys<'a> {
     client_header_timeout: Option<&'a Text>,
     client_body_timeout: Option<&'a Text>,
     keepalive_timeout: Option<&'a Text>,
+    send_timeout: Option<&'a Text>,
     keepalive_requests: Option<&'a Text>,
     max_header_size: Option<&'a Text>,
 }
@@ -602,6 +607,7 @@ fn resolve_limits(c: &mut Checker<'_>, keys: LimitKeys<'_>, base: &Limits) -> Li
             "keepalive_timeout",
             base.keepalive_timeout,
         ),
+        send_timeout: c.duration(keys.send_timeout, "send_timeout", base.send_timeout),
         keepalive_requests: c.number(
             keys.keepalive_requests,
             "keepalive_requests",
@@ -853,6 +859,7 @@ fn compile_server(
             client_header_timeout: s.client_header_timeout.as_ref(),
             client_body_timeout: s.client_body_timeout.as_ref(),
             keepalive_timeout: s.keepalive_timeout.as_ref(),
+            send_timeout: s.send_timeout.as_ref(),
             keepalive_requests: s.keepalive_requests.as_ref(),
             max_header_size: s.max_header_size.as_ref(),
         },

@@ -45,6 +45,9 @@ pub struct ConnState {
     upgraded: AtomicBool,
     /// The connection is being parked: hyper's shutdown must leave the socket open.
     parking: AtomicBool,
+    /// Milliseconds since `start` since when a write to the client has been
+    /// waiting (the client is not reading); 0 = writes are going through.
+    write_blocked_ms: AtomicU64,
     /// Milliseconds since `start` when it was last unparked: parking again
     /// waits PARK_AFTER from then too, so that the new hyper connection reads first.
     unparked_ms: AtomicU64,
@@ -68,8 +71,14 @@ impl ConnState {
             upgraded: AtomicBool::new(false),
             parking: AtomicBool::new(false),
             unparked_ms: AtomicU64::new(0),
+            write_blocked_ms: AtomicU64::new(0),
             server_tokens,
         })
+    }
+
+    /// The instant `ms` (as now_ms counts) stands for.
+    fn at_ms(&self, ms: u64) -> Instant {
+        self.start + Duration::from_millis(ms.saturating_sub(1))
     }
 
     fn now_ms(&self) -> u64 {
@@ -102,8 +111,22 @@ impl ConnState {
 
     /// Changes whenever a deadline may have moved: a request started or
     /// finished, or a head's first byte arrived.
-    pub fn progress(&self) -> (u32, u64) {
-        (self.epoch.load(Relaxed), self.head_started_ms.load(Relaxed))
+    pub fn progress(&self) -> (u32, u64, u64) {
+        (
+            self.epoch.load(Relaxed),
+            self.head_started_ms.load(Relaxed),
+            self.write_blocked_ms.load(Relaxed),
+        )
+    }
+
+    /// Note whether a write to the client went through or has to wait.
+    fn note_write<T>(&self, polled: &Poll<T>) {
+        let blocked = self.write_blocked_ms.load(Relaxed);
+        match (polled.is_pending(), blocked != 0) {
+            (true, false) => self.write_blocked_ms.store(self.now_ms(), Relaxed),
+            (false, true) => self.write_blocked_ms.store(0, Relaxed),
+            _ => {}
+        }
     }
 
     /// Ask the wrapper to let hyper's shutdown pass without closing the socket.
@@ -134,6 +157,7 @@ pub struct HeadLimits {
     pub max_header_size: usize,
     pub header_timeout: Duration,
     pub keepalive_timeout: Duration,
+    pub send_timeout: Duration,
 }
 
 /// Scans the bytes of a request head as they arrive.
@@ -327,14 +351,18 @@ impl AsyncWrite for ClientIo {
         cx: &mut Context<'_>,
         buf: &[u8],
     ) -> Poll<io::Result<usize>> {
-        Pin::new(&mut self.inner).poll_write(cx, buf)
+        let polled = Pin::new(&mut self.inner).poll_write(cx, buf);
+        self.state.note_write(&polled);
+        polled
     }
     fn poll_write_vectored(
         mut self: Pin<&mut Self>,
         cx: &mut Context<'_>,
         bufs: &[io::IoSlice<'_>],
     ) -> Poll<io::Result<usize>> {
-        Pin::new(&mut self.inner).poll_write_vectored(cx, bufs)
+        let polled = Pin::new(&mut self.inner).poll_write_vectored(cx, bufs);
+        self.state.note_write(&polled);
+        polled
     }
     fn is_write_vectored(&self) -> bool {
         self.inner.is_write_vectored()
@@ -360,12 +388,30 @@ pub enum Watch {
     HeadTimeout,
     /// Idle between requests for PARK_AFTER: drop hyper's state, keep the socket.
     Park,
+    /// A response has waited send_timeout for the client to read: close.
+    SendTimeout,
 }
 
 /// Decide what is due now for the connection (`can_park`: HTTP/1 served by
 /// a driver that can park).
 pub fn watch(state: &ConnState, limits: &HeadLimits, can_park: bool) -> Watch {
     let now_ms = state.now_ms();
+    let blocked = state.write_blocked_ms.load(Relaxed);
+    if blocked == 0 {
+        return watch_reads(state, limits, can_park, now_ms);
+    }
+    let send_due = blocked + limits.send_timeout.as_millis() as u64;
+    if now_ms >= send_due {
+        return Watch::SendTimeout;
+    }
+    match watch_reads(state, limits, can_park, now_ms) {
+        Watch::Sleep(at) => Watch::Sleep(at.min(state.at_ms(send_due))),
+        other => other,
+    }
+}
+
+/// The deadlines of the reading side: heads, idle time, parking.
+fn watch_reads(state: &ConnState, limits: &HeadLimits, can_park: bool, now_ms: u64) -> Watch {
     let at = |ms: u64| state.start + Duration::from_millis(ms.saturating_sub(1));
     if state.in_flight.load(Relaxed) > 0 {
         // A request is being handled: body and upstream timeouts apply there.

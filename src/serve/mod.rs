@@ -326,6 +326,7 @@ async fn serve_connection(
         max_header_size: listener.limits.max_header_size,
         header_timeout: listener.limits.client_header_timeout,
         keepalive_timeout: listener.limits.keepalive_timeout,
+        send_timeout: listener.limits.send_timeout,
     };
     let http2 = listener.http2;
     let tls = listener.tls_config.clone();
@@ -578,6 +579,11 @@ where
             }
             Watch::CloseIdle => {
                 tracing::debug!(%remote, "closing idle connection");
+                return Ended::Closed;
+            }
+            Watch::SendTimeout => {
+                // As nginx's send_timeout: the client stopped reading.
+                tracing::info!(%remote, "client did not read the response within send_timeout; closing");
                 return Ended::Closed;
             }
             Watch::HeadTimeout if head_timeout_fired => return Ended::Closed,

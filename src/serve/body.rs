@@ -34,8 +34,18 @@ enum Inner {
     },
 }
 
-/// Marks the request finished when dropped (hyper drops the body once it is sent).
-struct FinishGuard(Arc<ConnState>);
+/// Counts a request in flight on its connection from the moment it starts
+/// until dropped: with the response body once hyper has sent it, or earlier
+/// when the handler ends without one or is cancelled (an HTTP/2 stream reset).
+pub struct FinishGuard(Arc<ConnState>);
+
+impl FinishGuard {
+    /// Start a request; returns the guard and the request's number on the connection.
+    pub fn start(state: Arc<ConnState>) -> (Self, u64) {
+        let number = state.request_started();
+        (FinishGuard(state), number)
+    }
+}
 
 impl Drop for FinishGuard {
     fn drop(&mut self) {
@@ -99,8 +109,8 @@ impl ResponseBody {
     }
 
     /// Tie the end of this body to the connection's request accounting.
-    pub fn finish_on_drop(&mut self, state: Arc<ConnState>) {
-        self.guard = Some(FinishGuard(state));
+    pub fn finish_on_drop(&mut self, guard: FinishGuard) {
+        self.guard = Some(guard);
     }
 
     fn poll_inner(

@@ -100,6 +100,16 @@ impl ConnState {
         self.head_timed_out.store(true, Relaxed);
     }
 
+    /// Requests being answered now.
+    pub fn in_flight(&self) -> u32 {
+        self.in_flight.load(Relaxed)
+    }
+
+    /// Requests (HTTP/2: streams) this connection has had.
+    pub fn requests(&self) -> u64 {
+        self.requests.load(Relaxed)
+    }
+
     pub fn is_http2(&self) -> bool {
         self.http2.load(Relaxed)
     }
@@ -158,6 +168,9 @@ pub struct HeadLimits {
     pub header_timeout: Duration,
     pub keepalive_timeout: Duration,
     pub send_timeout: Duration,
+    /// HTTP/1 answers the last request with `Connection: close`; an HTTP/2
+    /// connection gets GOAWAY once it has had this many streams (as nginx).
+    pub keepalive_requests: u64,
 }
 
 /// Scans the bytes of a request head as they arrive.

@@ -327,6 +327,7 @@ async fn serve_connection(
         header_timeout: listener.limits.client_header_timeout,
         keepalive_timeout: listener.limits.keepalive_timeout,
         send_timeout: listener.limits.send_timeout,
+        keepalive_requests: listener.limits.keepalive_requests,
     };
     let http2 = listener.http2;
     let tls = listener.tls_config.clone();
@@ -559,7 +560,18 @@ where
     let mut head_timeout_fired = false;
     let timer = tokio::time::sleep(Duration::ZERO);
     tokio::pin!(timer);
+    // After a GOAWAY for keepalive_requests: close once no stream is open and
+    // this moment has passed (a client need not answer the GOAWAY's PING).
+    let mut drain_by: Option<Instant> = None;
     loop {
+        if !stopping && state.is_http2() && state.requests() >= limits.keepalive_requests {
+            // As nginx: GOAWAY after keepalive_requests streams; those
+            // already open finish. It also bounds what one connection can
+            // cost, however it paces its streams (rapid reset included).
+            stopping = true;
+            graceful(conn.as_mut());
+            drain_by = Some(tokio::time::Instant::now().into_std() + Duration::from_secs(1));
+        }
         let sleep_until = match conn::watch(state, limits, can_park && !stopping) {
             Watch::Sleep(at) => at,
             Watch::Park if state.is_parking() => {
@@ -593,6 +605,18 @@ where
                 state.flag_head_timeout();
                 tokio::time::Instant::now().into_std() + Duration::from_secs(1)
             }
+        };
+        let sleep_until = match drain_by {
+            Some(by) => {
+                let now = tokio::time::Instant::now().into_std();
+                if now >= by && state.in_flight() == 0 {
+                    tracing::debug!(%remote, "closing after keepalive_requests streams");
+                    return Ended::Closed;
+                }
+                // Streams end on other tasks without waking this one: look again soon.
+                sleep_until.min(by.max(now + Duration::from_millis(100)))
+            }
+            None => sleep_until,
         };
         timer.as_mut().reset(sleep_until.into());
         // Deadlines move when a request starts or ends and when a head's
@@ -672,7 +696,7 @@ async fn handle_request(
     req: Request<Incoming>,
 ) -> Result<Response<ResponseBody>, CloseWithoutAnswer> {
     let started = Instant::now();
-    let request_number = state.request_started();
+    let (in_flight, request_number) = body::FinishGuard::start(state.clone());
     let generation = shared.current();
     let mut req = req;
     // An upgrade request (WebSocket) keeps its hook for after the 101.
@@ -703,13 +727,10 @@ async fn handle_request(
                     .body_mut()
                     .log_on_drop(&shared.access_log, entry, started);
             }
-            response.body_mut().finish_on_drop(state);
+            response.body_mut().finish_on_drop(in_flight);
             Ok(response)
         }
-        None => {
-            state.request_finished();
-            Err(CloseWithoutAnswer)
-        }
+        None => Err(CloseWithoutAnswer),
     }
 }
 

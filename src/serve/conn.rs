@@ -425,7 +425,7 @@ pub fn watch(state: &ConnState, limits: &HeadLimits, can_park: bool) -> Watch {
 
 /// The deadlines of the reading side: heads, idle time, parking.
 fn watch_reads(state: &ConnState, limits: &HeadLimits, can_park: bool, now_ms: u64) -> Watch {
-    let at = |ms: u64| state.start + Duration::from_millis(ms.saturating_sub(1));
+    let at = |ms: u64| state.at_ms(ms);
     if state.in_flight.load(Relaxed) > 0 {
         // A request is being handled: body and upstream timeouts apply there.
         return Watch::Sleep(

@@ -36,7 +36,7 @@
 //! Run with `--nocapture` to see what ginx sent back for each attack.
 
 mod common;
-use common::{start_one, IO_LIMIT};
+use common::{start_one, Binary, IO_LIMIT};
 use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -941,60 +941,6 @@ async fn an_oversized_header_list_is_refused() {
     }
     still_serves(gw.addr(0), gw.addr(1)).await;
     gw.stop().await;
-}
-
-/// The ginx binary, killed when dropped.
-struct Binary {
-    child: std::process::Child,
-    addr: SocketAddr,
-    _dir: tempfile::TempDir,
-}
-
-impl Binary {
-    async fn start(yaml: &str) -> Binary {
-        let port = {
-            let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-            l.local_addr().unwrap().port()
-        };
-        let dir = common::write_files(&[("ginx.yaml", yaml)], &[port]);
-        let child = std::process::Command::new(common::ginx_bin())
-            .arg("-c")
-            .arg(dir.path().join("ginx.yaml"))
-            .stdout(std::process::Stdio::null())
-            .stderr(std::process::Stdio::null())
-            .spawn()
-            .unwrap();
-        let addr = SocketAddr::from(([127, 0, 0, 1], port));
-        let ginx = Binary {
-            child,
-            addr,
-            _dir: dir,
-        };
-        let deadline = Instant::now() + IO_LIMIT;
-        while TcpStream::connect(addr).await.is_err() {
-            assert!(Instant::now() < deadline, "ginx did not start listening");
-            tokio::time::sleep(Duration::from_millis(20)).await;
-        }
-        ginx
-    }
-
-    /// VmRSS in KiB.
-    fn rss_kib(&self) -> u64 {
-        let status = std::fs::read_to_string(format!("/proc/{}/status", self.child.id()))
-            .expect("/proc/PID/status");
-        status
-            .lines()
-            .find_map(|l| l.strip_prefix("VmRSS:"))
-            .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
-            .expect("VmRSS")
-    }
-}
-
-impl Drop for Binary {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
 }
 
 /// Open file descriptors of a process.

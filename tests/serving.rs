@@ -3,7 +3,7 @@
 //! Host rules, the headers every response gets, and graceful stop.
 
 mod common;
-use common::{get, parse_responses, raw, read_to_close, start_one, IO_LIMIT};
+use common::{get, parse_responses, raw, read_to_close, start_one, Binary, IO_LIMIT};
 use std::time::{Duration, Instant};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
@@ -212,61 +212,6 @@ async fn head_requests_get_headers_only() {
     gw.stop().await;
 }
 
-/// The ginx binary serving `yaml` (with `{p0}` for a free port), once it
-/// listens; and `kill -TERM` / wait-for-exit helpers for the stop tests.
-struct Binary {
-    child: std::process::Child,
-    addr: std::net::SocketAddr,
-    _dir: tempfile::TempDir,
-}
-
-impl Binary {
-    async fn start(yaml: &str) -> Binary {
-        let port = {
-            let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-            l.local_addr().unwrap().port()
-        };
-        let dir = common::write_files(&[("ginx.yaml", yaml)], &[port]);
-        let child = std::process::Command::new(common::ginx_bin())
-            .arg("-c")
-            .arg(dir.path().join("ginx.yaml"))
-            .stdout(std::process::Stdio::null())
-            .stderr(std::process::Stdio::null())
-            .spawn()
-            .unwrap();
-        let addr = std::net::SocketAddr::from(([127, 0, 0, 1], port));
-        let deadline = Instant::now() + IO_LIMIT;
-        while TcpStream::connect(addr).await.is_err() {
-            assert!(Instant::now() < deadline, "ginx did not start listening");
-            tokio::time::sleep(Duration::from_millis(20)).await;
-        }
-        Binary {
-            child,
-            addr,
-            _dir: dir,
-        }
-    }
-
-    fn sigterm(&self) {
-        let kill = std::process::Command::new("kill")
-            .args(["-TERM", &self.child.id().to_string()])
-            .status()
-            .unwrap();
-        assert!(kill.success());
-    }
-
-    async fn exit_status(&mut self) -> std::process::ExitStatus {
-        let deadline = Instant::now() + IO_LIMIT;
-        loop {
-            if let Some(s) = self.child.try_wait().unwrap() {
-                return s;
-            }
-            assert!(Instant::now() < deadline, "ginx did not exit after SIGTERM");
-            tokio::time::sleep(Duration::from_millis(20)).await;
-        }
-    }
-}
-
 #[tokio::test]
 async fn sigterm_stops_the_binary_gracefully() {
     let mut ginx = Binary::start(LIMITS).await;
@@ -401,7 +346,7 @@ async fn one_worker_thread_serves_concurrently_and_reloads() {
     assert!(!slow.is_finished(), "fast requests waited for the slow one");
     assert_eq!(slow.await.unwrap().status, 200);
 
-    let path = ginx._dir.path().join("ginx.yaml");
+    let path = ginx.dir.path().join("ginx.yaml");
     let text = std::fs::read_to_string(&path).unwrap();
     std::fs::write(&path, text.replace("\"one\"", "\"two\"")).unwrap();
     let deadline = Instant::now() + IO_LIMIT;

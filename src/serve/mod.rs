@@ -406,14 +406,7 @@ async fn drive<I>(
             handle_request(shared.clone(), state.clone(), info, req)
         })
     };
-    // hyper's read buffer bounds both a head and each read of a body. On plain
-    // connections the IO wrapper enforces the head limit itself, so the buffer
-    // can be large enough for fast uploads; under TLS it is the head limit.
-    let read_buffer = if info.tls {
-        (limits.max_header_size + 4096).max(8192)
-    } else {
-        (limits.max_header_size + 4096).max(256 * 1024)
-    };
+    let read_buffer = read_buffer_size(&limits, info.tls);
     let mut builder = auto::Builder::new(TokioExecutor::new());
     builder
         .http1()
@@ -465,7 +458,7 @@ async fn drive_http1(
             handle_request(shared.clone(), state.clone(), info, req)
         })
     };
-    let read_buffer = (limits.max_header_size + 4096).max(256 * 1024);
+    let read_buffer = read_buffer_size(&limits, false);
     loop {
         // Boxed, so that a parked connection's task holds none of it.
         let mut conn = Box::pin(
@@ -534,6 +527,14 @@ enum Ended {
     Closed,
     /// Idle and handed back without closing the socket (HTTP/1 only).
     Parked,
+}
+
+/// hyper's read buffer bounds both a head and each read of a body. On plain
+/// connections the IO wrapper enforces the head limit itself, so the buffer
+/// can be large enough for fast uploads; under TLS it is the head limit.
+fn read_buffer_size(limits: &HeadLimits, tls: bool) -> usize {
+    let floor = if tls { 8192 } else { 256 * 1024 };
+    (limits.max_header_size + 4096).max(floor)
 }
 
 /// Most header fields in one request head (hyper's default is 100; real

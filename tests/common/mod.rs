@@ -360,3 +360,79 @@ pub async fn send(addr: SocketAddr, method: &str, host: &str, target: &str, body
     );
     all.remove(0)
 }
+
+/// The ginx binary serving `yaml` (with `{p0}` for a free port), once it
+/// listens; SIGTERM, wait-for-exit and RSS helpers; killed when dropped.
+pub struct Binary {
+    pub child: std::process::Child,
+    pub addr: SocketAddr,
+    pub dir: tempfile::TempDir,
+}
+
+impl Binary {
+    pub async fn start(yaml: &str) -> Binary {
+        let port = {
+            let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+            l.local_addr().unwrap().port()
+        };
+        let dir = write_files(&[("ginx.yaml", yaml)], &[port]);
+        let child = std::process::Command::new(ginx_bin())
+            .arg("-c")
+            .arg(dir.path().join("ginx.yaml"))
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .unwrap();
+        let addr = SocketAddr::from(([127, 0, 0, 1], port));
+        let ginx = Binary { child, addr, dir };
+        let deadline = std::time::Instant::now() + IO_LIMIT;
+        while TcpStream::connect(addr).await.is_err() {
+            assert!(
+                std::time::Instant::now() < deadline,
+                "ginx did not start listening"
+            );
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        ginx
+    }
+
+    pub fn sigterm(&self) {
+        let kill = std::process::Command::new("kill")
+            .args(["-TERM", &self.child.id().to_string()])
+            .status()
+            .unwrap();
+        assert!(kill.success());
+    }
+
+    pub async fn exit_status(&mut self) -> std::process::ExitStatus {
+        let deadline = std::time::Instant::now() + IO_LIMIT;
+        loop {
+            if let Some(s) = self.child.try_wait().unwrap() {
+                return s;
+            }
+            assert!(
+                std::time::Instant::now() < deadline,
+                "ginx did not exit after SIGTERM"
+            );
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+
+    /// VmRSS in KiB.
+    pub fn rss_kib(&self) -> u64 {
+        let status = std::fs::read_to_string(format!("/proc/{}/status", self.child.id()))
+            .expect("/proc/PID/status");
+        status
+            .lines()
+            .find_map(|l| l.strip_prefix("VmRSS:"))
+            .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+            .expect("VmRSS")
+    }
+}
+
+impl Drop for Binary {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}

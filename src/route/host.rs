@@ -21,9 +21,7 @@ pub fn request_host(uri: &Uri, headers: &HeaderMap, version: Version) -> Result<
         if version == Version::HTTP_11 && headers.get(http::header::HOST).is_none() {
             return Err(HostError::Missing);
         }
-        if authority.as_str().contains('@')
-            || authority.port().is_some() && authority.port_u16().is_none()
-        {
+        if authority.as_str().contains('@') || !port_is_numeric(authority) {
             return Err(HostError::Invalid);
         }
         return normalize_host(authority.as_str().as_bytes());
@@ -35,6 +33,18 @@ pub fn request_host(uri: &Uri, headers: &HeaderMap, version: Version) -> Result<
             Ok(String::new())
         }
         (None, _) => Err(HostError::Missing),
+    }
+}
+
+/// The part after the host is empty or `:` and a port number (possibly
+/// empty, as RFC 3986 allows). `Authority::port` cannot tell: it reads a
+/// non-numeric port as no port at all.
+fn port_is_numeric(authority: &http::uri::Authority) -> bool {
+    let after_host = &authority.as_str()[authority.host().len()..];
+    match after_host.strip_prefix(':') {
+        None => after_host.is_empty(),
+        Some("") => true,
+        Some(port) => port.bytes().all(|b| b.is_ascii_digit()) && port.parse::<u16>().is_ok(),
     }
 }
 
@@ -107,5 +117,22 @@ mod tests {
         assert_eq!(normalize_host(b"a b"), Err(HostError::Invalid));
         assert_eq!(normalize_host(b"a:x"), Ok("a".into()));
         assert_eq!(normalize_host(b"user@host"), Ok("user@host".into()));
+    }
+
+    #[test]
+    fn absolute_form_ports() {
+        let host = |target: &str| {
+            let uri: Uri = target.parse().unwrap();
+            let mut headers = HeaderMap::new();
+            headers.insert(http::header::HOST, "a".parse().unwrap());
+            request_host(&uri, &headers, Version::HTTP_11)
+        };
+        assert_eq!(host("http://a/p"), Ok("a".into()));
+        assert_eq!(host("http://a:8080/p"), Ok("a".into()));
+        assert_eq!(host("http://a:/p"), Ok("a".into()));
+        assert_eq!(host("http://[::1]:80/p"), Ok("[::1]".into()));
+        assert_eq!(host("http://a:xyz/p"), Err(HostError::Invalid));
+        assert_eq!(host("http://a:99999/p"), Err(HostError::Invalid));
+        assert_eq!(host("http://a:+80/p"), Err(HostError::Invalid));
     }
 }

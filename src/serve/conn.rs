@@ -8,15 +8,17 @@
 //! socket is kept until the next request's bytes arrive, so an idle
 //! keep-alive connection costs about as much as nginx's.
 //!
-//! The wrapper sees bytes only between requests (no request in flight): those
-//! are the next request's head. Bytes read while a request is in flight
-//! (its body, or a pipelined head) are hyper's to judge, with a limit slightly
-//! above ours as the fallback.
+//! The wrapper follows plain HTTP/1 bytes message by message (see
+//! [`super::framing`]): a head that arrives with no request in flight is
+//! answered here when too large or of another HTTP version; a pipelined
+//! one is left to hyper's own limits, slightly above ours. Under TLS
+//! nothing is scanned: the bytes are ciphertext; only the timers apply.
 
+use super::framing::{Framing, FramingError, Verdict};
 use super::respond::error_page_bytes;
 use std::io;
 use std::pin::Pin;
-use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering::Relaxed};
+use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, AtomicU8, Ordering::Relaxed};
 use std::sync::Arc;
 use std::task::{Context, Poll};
 use std::time::{Duration, Instant};
@@ -51,6 +53,18 @@ pub struct ConnState {
     /// Milliseconds since `start` when it was last unparked: parking again
     /// waits PARK_AFTER from then too, so that the new hyper connection reads first.
     unparked_ms: AtomicU64,
+    /// client_max_body_size (0: none) of request number `body_limit_of`,
+    /// set by the handler once it has routed: the wrapper checks the
+    /// request's declared chunk sizes against it.
+    body_limit: AtomicU64,
+    body_limit_of: AtomicU64,
+    /// The chunk sizes request number `declared_body_of` has declared so far.
+    declared_body: AtomicU64,
+    declared_body_of: AtomicU64,
+    /// A [`FramingError`] code: the wrapper refused the framing of request
+    /// number `framing_error_of`.
+    framing_error: AtomicU8,
+    framing_error_of: AtomicU64,
     server_tokens: bool,
 }
 
@@ -72,6 +86,12 @@ impl ConnState {
             parking: AtomicBool::new(false),
             unparked_ms: AtomicU64::new(0),
             write_blocked_ms: AtomicU64::new(0),
+            body_limit: AtomicU64::new(0),
+            body_limit_of: AtomicU64::new(0),
+            declared_body: AtomicU64::new(0),
+            declared_body_of: AtomicU64::new(0),
+            framing_error: AtomicU8::new(0),
+            framing_error_of: AtomicU64::new(0),
             server_tokens,
         })
     }
@@ -153,6 +173,46 @@ impl ConnState {
         self.upgraded.store(true, Relaxed);
     }
 
+    /// Request number `request` may carry at most `limit` body bytes (0: no
+    /// limit). False when its chunked body has already declared more.
+    pub fn limit_body(&self, request: u64, limit: u64) -> bool {
+        self.body_limit.store(limit, Relaxed);
+        self.body_limit_of.store(request, Relaxed);
+        limit == 0
+            || self.declared_body_of.load(Relaxed) != request
+            || self.declared_body.load(Relaxed) <= limit
+    }
+
+    /// The body limit of request number `request`, 0 until its handler has routed it.
+    pub fn body_limit(&self, request: u64) -> u64 {
+        if self.body_limit_of.load(Relaxed) == request {
+            self.body_limit.load(Relaxed)
+        } else {
+            0
+        }
+    }
+
+    pub fn note_declared_body(&self, request: u64, declared: u64) {
+        self.declared_body_of.store(request, Relaxed);
+        self.declared_body.store(declared, Relaxed);
+    }
+
+    /// The wrapper refuses the framing of request number `request`.
+    pub fn flag_framing(&self, request: u64, why: FramingError) {
+        if self.framing_error.load(Relaxed) == 0 {
+            self.framing_error_of.store(request, Relaxed);
+            self.framing_error.store(why.code(), Relaxed);
+        }
+    }
+
+    /// What the wrapper found wrong in the framing of request number `request`.
+    pub fn framing_error(&self, request: u64) -> Option<FramingError> {
+        if self.framing_error_of.load(Relaxed) != request {
+            return None;
+        }
+        FramingError::from_code(self.framing_error.load(Relaxed))
+    }
+
     /// The response (body included) has been handed to hyper.
     pub fn request_finished(&self) {
         self.idle_since_ms.store(self.now_ms(), Relaxed);
@@ -173,65 +233,16 @@ pub struct HeadLimits {
     pub keepalive_requests: u64,
 }
 
-/// Scans the bytes of a request head as they arrive.
-#[derive(Default)]
-struct HeadScan {
-    epoch: u32,
-    bytes: usize,
-    /// Complete lines seen (the request line is line 0).
-    lines: usize,
-    /// The current line has content (not counting CR).
-    line_has_content: bool,
-    done: bool,
-}
-
-enum ScanVerdict {
-    Fine,
-    RequestLineTooLong,
-    HeadTooLarge,
-}
-
-impl HeadScan {
-    fn feed(&mut self, data: &[u8], limit: usize) -> ScanVerdict {
-        if self.done {
-            return ScanVerdict::Fine;
-        }
-        let mut from = 0;
-        for lf in memchr::memchr_iter(b'\n', data) {
-            let line = &data[from..lf];
-            let has_content = self.line_has_content || line.iter().any(|b| *b != b'\r');
-            if self.bytes + lf + 1 > limit {
-                return self.too_large();
-            }
-            if !has_content && self.lines > 0 {
-                self.done = true;
-                return ScanVerdict::Fine;
-            }
-            if has_content {
-                // Empty lines before the request line are skipped, as RFC 9112 allows.
-                self.lines += 1;
-            }
-            self.line_has_content = false;
-            from = lf + 1;
-        }
-        if from < data.len() && data[from..].iter().any(|b| *b != b'\r') {
-            self.line_has_content = true;
-        }
-        self.bytes += data.len();
-        if self.bytes > limit {
-            return self.too_large();
-        }
-        ScanVerdict::Fine
-    }
-
-    fn too_large(&mut self) -> ScanVerdict {
-        self.done = true;
-        if self.lines == 0 {
-            ScanVerdict::RequestLineTooLong
-        } else {
-            ScanVerdict::HeadTooLarge
-        }
-    }
+/// What the bytes on a client socket are.
+#[derive(Clone, Copy, PartialEq, Eq)]
+pub enum Wire {
+    /// Plain HTTP/1: heads and chunked bodies are checked here.
+    Http1,
+    /// Plain HTTP/1, or HTTP/2 with prior knowledge (h2c) if the client
+    /// starts with the preface.
+    Http1OrH2c,
+    /// TLS: ciphertext; only the timers apply (a slow head is closed).
+    Tls,
 }
 
 /// The client socket as hyper sees it.
@@ -239,23 +250,25 @@ pub struct ClientIo {
     inner: TcpStream,
     state: Arc<ConnState>,
     limits: HeadLimits,
-    scan: HeadScan,
-    /// Plain HTTP: heads are checked and 408/414/431 written here. Under TLS
-    /// the bytes are ciphertext: only the timers apply (a slow head is closed).
-    plain: bool,
+    framing: Framing,
+    /// A body's framing was refused: hyper's next read fails (the bytes
+    /// before the fault were handed over, so that hyper has the whole head).
+    failed: bool,
+    wire: Wire,
     /// Bytes hyper had read but not used when the connection was parked,
     /// given back first (they were scanned when they arrived).
     replay: bytes::Bytes,
 }
 
 impl ClientIo {
-    pub fn new(inner: TcpStream, state: Arc<ConnState>, limits: HeadLimits, plain: bool) -> Self {
+    pub fn new(inner: TcpStream, state: Arc<ConnState>, limits: HeadLimits, wire: Wire) -> Self {
         ClientIo {
             inner,
             state,
             limits,
-            scan: HeadScan::default(),
-            plain,
+            framing: Framing::default(),
+            failed: false,
+            wire,
             replay: bytes::Bytes::new(),
         }
     }
@@ -280,7 +293,7 @@ impl ClientIo {
     /// hundred bytes, which a fresh socket buffer takes at once; if it does
     /// not, the client is not reading and is closed without it.
     fn reject(&mut self, status: http::StatusCode, reason: &str) -> io::Error {
-        if self.plain {
+        if self.wire != Wire::Tls {
             let page = error_page_bytes(status, self.state.server_tokens);
             let _ = self.inner.try_write(&page);
         }
@@ -301,6 +314,10 @@ impl AsyncRead for ClientIo {
             buf.put_slice(&this.replay.split_to(n));
             return Poll::Ready(Ok(()));
         }
+        if this.failed {
+            let why = "request body framing refused";
+            return Poll::Ready(Err(io::Error::new(io::ErrorKind::InvalidData, why)));
+        }
         if this.state.head_timed_out.load(Relaxed) {
             return Poll::Ready(Err(
                 this.reject(http::StatusCode::REQUEST_TIMEOUT, "client_header_timeout")
@@ -308,53 +325,55 @@ impl AsyncRead for ClientIo {
         }
         let before = buf.filled().len();
         let result = Pin::new(&mut this.inner).poll_read(cx, buf);
-        if let Poll::Ready(Ok(())) = result {
-            let new = &buf.filled()[before..];
-            if !this.plain {
-                return result;
+        if !matches!(result, Poll::Ready(Ok(()))) || this.wire == Wire::Tls {
+            return result;
+        }
+        if buf.filled().len() == before {
+            return result; // end of stream
+        }
+        let state = &*this.state;
+        if state.requests.load(Relaxed) == 0
+            && this.framing.heads() == 0
+            && this.framing.head_bytes() == 0
+            && buf.filled()[before..].starts_with(b"PRI * HTTP/2.0")
+        {
+            if this.wire == Wire::Http1 {
+                // As nginx: the preface is a malformed HTTP/1 request here.
+                return Poll::Ready(Err(this.reject(
+                    http::StatusCode::BAD_REQUEST,
+                    "HTTP/2 preface on a listener without http2",
+                )));
             }
-            if this.state.requests.load(Relaxed) == 0
-                && this.scan.bytes == 0
-                && new.starts_with(b"PRI * HTTP/2.0")
-            {
-                // HTTP/2 prior knowledge: hyper's h2 limits apply from here on.
-                this.state.http2.store(true, Relaxed);
-            }
-            if !new.is_empty()
-                && this.state.in_flight.load(Relaxed) == 0
-                && !this.state.is_http2()
-                && !this.state.upgraded.load(Relaxed)
-            {
-                let epoch = this.state.epoch.load(Relaxed);
-                if this.scan.epoch != epoch {
-                    this.scan = HeadScan {
-                        epoch,
-                        ..HeadScan::default()
-                    };
+            // HTTP/2 prior knowledge: hyper's h2 limits apply from here on.
+            state.http2.store(true, Relaxed);
+        }
+        if state.is_http2() || state.upgraded.load(Relaxed) {
+            return result;
+        }
+        // No request in flight, none parsed and waiting: these bytes start
+        // the next request, which may be answered here.
+        let next_request = state.in_flight.load(Relaxed) == 0
+            && this.framing.heads() == state.requests.load(Relaxed);
+        if next_request && this.framing.at_head() && state.head_started_ms.load(Relaxed) == 0 {
+            state.head_started_ms.store(state.now_ms(), Relaxed);
+        }
+        let new = &mut buf.filled_mut()[before..];
+        match this
+            .framing
+            .feed(new, state, this.limits.max_header_size, next_request)
+        {
+            Verdict::Fine => result,
+            Verdict::Reject(status, reason) => Poll::Ready(Err(this.reject(status, reason))),
+            Verdict::Cut(at) => {
+                this.failed = true;
+                if at == 0 {
+                    let why = "request body framing refused";
+                    return Poll::Ready(Err(io::Error::new(io::ErrorKind::InvalidData, why)));
                 }
-                if this.state.head_started_ms.load(Relaxed) == 0 {
-                    this.state
-                        .head_started_ms
-                        .store(this.state.now_ms(), Relaxed);
-                }
-                match this.scan.feed(new, this.limits.max_header_size) {
-                    ScanVerdict::Fine => {}
-                    ScanVerdict::RequestLineTooLong => {
-                        return Poll::Ready(Err(this.reject(
-                            http::StatusCode::URI_TOO_LONG,
-                            "request line over max_header_size",
-                        )));
-                    }
-                    ScanVerdict::HeadTooLarge => {
-                        return Poll::Ready(Err(this.reject(
-                            http::StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE,
-                            "request head over max_header_size",
-                        )));
-                    }
-                }
+                buf.set_filled(before + at);
+                result
             }
         }
-        result
     }
 }
 
@@ -466,58 +485,5 @@ fn watch_reads(state: &ConnState, limits: &HeadLimits, can_park: bool, now_ms: u
         }
     } else {
         Watch::Sleep(at(due))
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    fn scan(chunks: &[&[u8]], limit: usize) -> &'static str {
-        let mut s = HeadScan::default();
-        for c in chunks {
-            match s.feed(c, limit) {
-                ScanVerdict::Fine => {}
-                ScanVerdict::RequestLineTooLong => return "414",
-                ScanVerdict::HeadTooLarge => return "431",
-            }
-        }
-        if s.done {
-            "complete"
-        } else {
-            "partial"
-        }
-    }
-
-    #[test]
-    fn head_scan() {
-        assert_eq!(
-            scan(&[b"GET / HTTP/1.1\r\nHost: a\r\n\r\n"], 100),
-            "complete"
-        );
-        assert_eq!(
-            scan(&[b"GET / HTTP/1.1\r\nHo", b"st: a\r\n", b"\r", b"\n"], 100),
-            "complete"
-        );
-        assert_eq!(scan(&[b"\r\nGET / HTTP/1.1\r\n"], 100), "partial");
-        let long_line = [b"GET /".as_slice(), &[b'a'; 200], b" HTTP/1.1\r\n\r\n"].concat();
-        assert_eq!(scan(&[&long_line], 100), "414");
-        let long_header = [
-            b"GET / HTTP/1.1\r\nX: ".as_slice(),
-            &[b'a'; 200],
-            b"\r\n\r\n",
-        ]
-        .concat();
-        assert_eq!(scan(&[&long_header], 100), "431");
-        // A body after a complete head is not counted.
-        let with_body = [
-            b"POST / HTTP/1.1\r\nHost: a\r\n\r\n".as_slice(),
-            &[b'x'; 500],
-        ]
-        .concat();
-        assert_eq!(scan(&[&with_body], 100), "complete");
-        // A request line arriving in small pieces is still caught.
-        let pieces: Vec<&[u8]> = std::iter::repeat_n(&b"aaaaaaaaaa"[..], 20).collect();
-        assert_eq!(scan(&pieces, 100), "414");
     }
 }

@@ -8,6 +8,7 @@
 
 pub mod body;
 pub mod conn;
+pub mod framing;
 pub mod respond;
 
 use crate::access_log::{AccessLog, Entry};
@@ -17,7 +18,7 @@ use crate::forward::{self, ClientRegistry, UpstreamReport, UpstreamRuntime};
 use crate::route::{self, Outcome, RequestInfo};
 use arc_swap::ArcSwap;
 use body::ResponseBody;
-use conn::{ClientIo, ConnState, HeadLimits, Watch};
+use conn::{ClientIo, ConnState, HeadLimits, Watch, Wire};
 use http::{Request, Response};
 use hyper::body::Incoming;
 use hyper_util::rt::{TokioExecutor, TokioIo};
@@ -335,7 +336,8 @@ async fn serve_connection(
     drop(generation);
 
     let Some(tls) = tls else {
-        let io = ClientIo::new(stream, state.clone(), limits, true);
+        let wire = if http2 { Wire::Http1OrH2c } else { Wire::Http1 };
+        let io = ClientIo::new(stream, state.clone(), limits, wire);
         let info = ConnInfo {
             local,
             remote,
@@ -366,7 +368,7 @@ async fn serve_tls(
     limits: HeadLimits,
     stop: watch::Receiver<bool>,
 ) {
-    let io = ClientIo::new(stream, state.clone(), limits, false);
+    let io = ClientIo::new(stream, state.clone(), limits, Wire::Tls);
     let handshake = tokio_rustls::TlsAcceptor::from(tls).accept(io);
     match tokio::time::timeout(limits.header_timeout, handshake).await {
         Ok(Ok(tls_stream)) => {
@@ -665,6 +667,8 @@ enum Event<E> {
 /// Transfer codings ginx accepts: exactly one Transfer-Encoding, `chunked`.
 /// Anything else (`gzip, chunked`, `chunked, chunked`, two headers) would be
 /// decoded as plain chunked by the parser and passed on wrongly: 501, as nginx.
+/// (Content-Length beside it: hyper drops the Content-Length, so the
+/// client wrapper spots that shape; see `framing`.)
 fn refuse_framing(headers: &http::HeaderMap) -> Option<(http::StatusCode, &'static str)> {
     let mut te = headers.get_all(http::header::TRANSFER_ENCODING).iter();
     match (te.next(), te.next()) {
@@ -707,6 +711,7 @@ async fn handle_request(
     match respond(
         &generation,
         &shared.metrics,
+        &state,
         info,
         &parts,
         body,
@@ -740,6 +745,7 @@ async fn handle_request(
 async fn respond(
     generation: &Generation,
     metrics: &crate::admin::Metrics,
+    conn_state: &ConnState,
     conn: ConnInfo,
     parts: &http::request::Parts,
     body: Incoming,
@@ -784,7 +790,11 @@ async fn respond(
         remote: conn.remote,
         tls: conn.tls,
     };
-    if let Some((status, reason)) = refuse_framing(&parts.headers) {
+    let refused = refuse_framing(&parts.headers).or_else(|| {
+        let e = conn_state.framing_error(request_number)?;
+        Some((e.status(), e.reason()))
+    });
+    if let Some((status, reason)) = refused {
         entry.reason = Some(reason.to_string());
         tracing::info!(status = status.as_u16(), reason, client = %conn.remote, "request refused");
         let mut r = respond::page(status, settings.server_tokens);
@@ -794,7 +804,19 @@ async fn respond(
     let routed = route::route(listener, &info, None);
     let mut response = match &routed.outcome {
         Outcome::Close => return None,
-        Outcome::Proxy { uri } => {
+        Outcome::Proxy { uri } => 'proxy: {
+            // A chunked body has already declared more than the limit: answer
+            // before contacting the upstream.
+            let limit = routed.location.map_or(0, |l| l.client_max_body_size);
+            if !conn_state.limit_body(request_number, limit) {
+                let (status, reason) = (
+                    http::StatusCode::PAYLOAD_TOO_LARGE,
+                    "declared chunk sizes over client_max_body_size",
+                );
+                entry.reason = Some(reason.to_string());
+                tracing::info!(status = status.as_u16(), reason, uri = %parts.uri, client = %conn.remote, "request refused");
+                break 'proxy respond::page(status, settings.server_tokens);
+            }
             let mut report = UpstreamReport::default();
             // Boxed: hyper keeps room for this handler's future on every
             // connection, idle ones included; forwarding's state is most of it.
@@ -826,7 +848,13 @@ async fn respond(
             entry.upstream_response_time = report.response_time;
             match result {
                 Ok(response) => response,
-                Err(e) => {
+                Err(mut e) => {
+                    // The body stopped because the wrapper refused its framing:
+                    // say why (hyper's error only says the body failed).
+                    if let Some(framing) = conn_state.framing_error(request_number) {
+                        e.status = framing.status();
+                        e.reason = framing.reason().to_string();
+                    }
                     entry.reason = Some(e.reason.clone());
                     tracing::info!(status = e.status.as_u16(), reason = %e.reason, uri = %parts.uri, client = %conn.remote, "request answered by ginx");
                     respond::page(e.status, settings.server_tokens)
@@ -858,7 +886,9 @@ async fn respond(
     counters.count(response.status().as_u16());
     // A 101's Connection says "upgrade": it must not be turned into "close".
     // After a malformed request (400) the connection is not trusted: close it, as nginx.
-    let close = (close || response.status() == http::StatusCode::BAD_REQUEST)
+    let close = (close
+        || response.status() == http::StatusCode::BAD_REQUEST
+        || conn_state.framing_error(request_number).is_some())
         && response.status() != http::StatusCode::SWITCHING_PROTOCOLS;
     respond::finish_headers(&mut response, settings, Some(rules), Some(&ctx), close);
     Some(response)

@@ -681,3 +681,56 @@ async fn a_killed_server_is_marked_down_and_comes_back() {
     assert!(back.hits() > 0, "the returned server got no request");
     gw.stop().await;
 }
+/// Keep-alive connections to a server: reused request after request (empty,
+/// sized and HEAD responses alike), and replaced when the server has closed
+/// them, without sending a request twice.
+#[tokio::test]
+async fn upstream_connections_are_reused_and_replaced() {
+    use std::sync::atomic::Ordering::SeqCst;
+    let up = upstream("a").await;
+    let addr = up.addr;
+    let yaml = r#"
+upstreams:
+  app:
+    servers: ["{UP}"]
+servers:
+  - listen: ["127.0.0.1:{p0}"]
+    locations:
+      - location: /
+        proxy_pass: http://app
+"#
+    .replace("{UP}", &addr.to_string());
+    let gw = start_one(&yaml, 1).await;
+    for i in 0..20 {
+        let r = if i % 2 == 0 {
+            get(gw.addr(0), "x", "/").await
+        } else {
+            send(gw.addr(0), "POST", "x", "/", b"body").await
+        };
+        assert_eq!(r.status, 200);
+    }
+    // Empty bodies, sized bodies and HEAD all give the connection back.
+    let head = common::raw(
+        gw.addr(0),
+        b"HEAD / HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n",
+    )
+    .await;
+    assert!(head.starts_with(b"HTTP/1.1 200"), "{head:?}");
+    assert_eq!(get(gw.addr(0), "x", "/big/100000").await.body.len(), 100_000);
+    assert_eq!(up.connections.load(SeqCst), 1, "one connection, reused");
+
+    // The server goes away and another takes its port: the pooled connection
+    // is dead; the next requests (a POST among them) go on a new one, once each.
+    up.kill();
+    tokio::time::sleep(Duration::from_millis(50)).await;
+    let listener = std::net::TcpListener::bind(addr).expect("the port is free again");
+    let up2 = common::upstream_on("b", listener).await;
+    let r = send(gw.addr(0), "POST", "x", "/", b"once").await;
+    assert_eq!(r.status, 200, "{}", r.text());
+    assert_eq!(lines(&r)[0], "b");
+    assert_eq!(up2.hits(), 1, "the POST was sent once");
+    assert_eq!(get(gw.addr(0), "x", "/").await.status, 200);
+    assert_eq!(up2.connections.load(SeqCst), 1);
+
+    gw.stop().await;
+}

@@ -28,6 +28,11 @@ enum Inner {
     Full(Option<Bytes>),
     Upstream {
         body: Incoming,
+        /// The upstream's body failed: the error waits one turn, so that
+        /// hyper first flushes what it has of the response (it flushes when
+        /// the body is pending; an error aborts the connection unflushed),
+        /// as nginx sends what it received before closing.
+        failed: Option<BoxError>,
         read_timeout: Duration,
         timer: Option<Pin<Box<Sleep>>>,
         _in_flight: InFlight,
@@ -91,6 +96,7 @@ impl ResponseBody {
     pub fn upstream(body: Incoming, read_timeout: Duration, in_flight: InFlight) -> Self {
         Self::new(Inner::Upstream {
             body,
+            failed: None,
             read_timeout,
             timer: None,
             _in_flight: in_flight,
@@ -121,30 +127,38 @@ impl ResponseBody {
             Inner::Full(data) => Poll::Ready(data.take().map(|d| Ok(Frame::data(d)))),
             Inner::Upstream {
                 body,
+                failed,
                 read_timeout,
                 timer,
                 ..
-            } => match Pin::new(body).poll_frame(cx) {
-                Poll::Ready(Some(Ok(frame))) => {
-                    *timer = None;
-                    Poll::Ready(Some(Ok(frame)))
-                }
-                Poll::Ready(Some(Err(e))) => {
-                    tracing::error!(error = %e, "upstream response body failed; the client's response is cut short");
-                    Poll::Ready(Some(Err(e.into())))
-                }
-                Poll::Ready(None) => Poll::Ready(None),
-                Poll::Pending => {
-                    let limit = *read_timeout;
-                    let t = timer.get_or_insert_with(|| Box::pin(tokio::time::sleep(limit)));
-                    if t.as_mut().poll(cx).is_ready() {
-                        tracing::error!("read_timeout while reading the upstream response body");
-                        return Poll::Ready(Some(Err(
-                            "read_timeout reading the upstream response body".into(),
-                        )));
+            } => match failed.take() {
+                Some(e) => Poll::Ready(Some(Err(e))),
+                None => match Pin::new(body).poll_frame(cx) {
+                    Poll::Ready(Some(Ok(frame))) => {
+                        *timer = None;
+                        Poll::Ready(Some(Ok(frame)))
                     }
-                    Poll::Pending
-                }
+                    Poll::Ready(Some(Err(e))) => {
+                        tracing::error!(error = %e, cause = ?std::error::Error::source(&e), "upstream response body failed; the client's response is cut short");
+                        *failed = Some(e.into());
+                        cx.waker().wake_by_ref();
+                        Poll::Pending
+                    }
+                    Poll::Ready(None) => Poll::Ready(None),
+                    Poll::Pending => {
+                        let limit = *read_timeout;
+                        let t = timer.get_or_insert_with(|| Box::pin(tokio::time::sleep(limit)));
+                        if t.as_mut().poll(cx).is_ready() {
+                            tracing::error!(
+                                "read_timeout while reading the upstream response body"
+                            );
+                            return Poll::Ready(Some(Err(
+                                "read_timeout reading the upstream response body".into(),
+                            )));
+                        }
+                        Poll::Pending
+                    }
+                },
             },
         }
     }

@@ -716,7 +716,10 @@ servers:
     )
     .await;
     assert!(head.starts_with(b"HTTP/1.1 200"), "{head:?}");
-    assert_eq!(get(gw.addr(0), "x", "/big/100000").await.body.len(), 100_000);
+    assert_eq!(
+        get(gw.addr(0), "x", "/big/100000").await.body.len(),
+        100_000
+    );
     assert_eq!(up.connections.load(SeqCst), 1, "one connection, reused");
 
     // The server goes away and another takes its port: the pooled connection

@@ -75,6 +75,11 @@ pub fn resolve_dots(decoded: &[u8]) -> Result<Vec<u8>, PathError> {
 
 /// The routing path of a raw request path: decode, then resolve.
 pub fn normalize(raw_path: &[u8]) -> Result<Vec<u8>, PathError> {
+    // The target itself must start with `/`: `%2Fa` decodes to a path, but
+    // was not one (PathError::Malformed). Found by fuzz/ path_normalize.
+    if raw_path.first() != Some(&b'/') {
+        return Err(PathError::Malformed);
+    }
     // The common case, a clean path, skips both copies' work.
     if !raw_path.contains(&b'%') && is_clean(raw_path) {
         return Ok(raw_path.to_vec());
@@ -150,6 +155,7 @@ mod tests {
         assert_eq!(n("/a%2"), Err(PathError::Malformed));
         assert_eq!(n("/a%00b"), Err(PathError::Malformed));
         assert_eq!(n("a/b"), Err(PathError::Malformed));
+        assert_eq!(n("%2Fa"), Err(PathError::Malformed));
         assert_eq!(n("/a/b/"), Ok("/a/b/".into()));
         assert_eq!(n("/.../x"), Ok("/.../x".into()));
     }

@@ -223,8 +223,20 @@ pub async fn forward(
     let mut body = read_request_body(info, location, body).await?;
     let upgrade = client_upgrade.and_then(|on| upgrade_protocol(info.headers).map(|p| (on, p)));
     let protocol = upgrade.as_ref().map(|(_, p)| p.clone());
+    // A body of unknown length (HTTP/2 without content-length) goes to an
+    // HTTP/1 server chunked. Said explicitly: hyper's client sends such a
+    // body on a GET or HEAD as no body at all.
+    let chunked_up = upstream.protocol == Protocol::Http1
+        && matches!(body, HeldBody::Streaming(..))
+        && !info.headers.contains_key(header::CONTENT_LENGTH);
     let build_headers = || {
         let mut headers = upstream_headers(info, routed, location);
+        if chunked_up {
+            headers.insert(
+                header::TRANSFER_ENCODING,
+                HeaderValue::from_static("chunked"),
+            );
+        }
         if let Some(protocol) = &protocol {
             // WebSocket and other upgrades: the two hop-by-hop headers go up as sent.
             headers.insert(header::CONNECTION, HeaderValue::from_static("upgrade"));

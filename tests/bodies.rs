@@ -790,3 +790,59 @@ async fn trailers_and_the_body_around_them() {
     assert!(!head_has(&up.heads()[1], "te"), "{:?}", up.heads());
     gw.stop().await;
 }
+
+/// An HTTP/2 request body without content-length has no length an HTTP/1
+/// server could be told: it goes up chunked, whole, whatever the method
+/// (hyper's client would send it on a GET as no body at all).
+#[tokio::test]
+async fn an_http2_body_of_unknown_length_reaches_an_http1_upstream_whole() {
+    use http_body_util::BodyExt;
+    let up = upstream("a").await;
+    let yaml = r#"
+upstreams:
+  app: { servers: ["{UP}"] }
+servers:
+  - listen: ["127.0.0.1:{p0} http2"]
+    locations:
+      - location: /
+        proxy_pass: http://app
+"#
+    .replace("{UP}", &up.addr.to_string());
+    let gw = start_one(&yaml, 1).await;
+    let tcp = TcpStream::connect(gw.addr(0)).await.unwrap();
+    let (mut sender, conn) = hyper::client::conn::http2::handshake(
+        hyper_util::rt::TokioExecutor::new(),
+        hyper_util::rt::TokioIo::new(tcp),
+    )
+    .await
+    .unwrap();
+    tokio::spawn(conn);
+    for method in ["GET", "POST"] {
+        let chunks = ["hello ", "from ", "h2"].map(|c| {
+            Ok::<_, std::convert::Infallible>(http_body::Frame::data(bytes::Bytes::from(c)))
+        });
+        let body = http_body_util::StreamBody::new(futures_util::stream::iter(chunks));
+        let request = http::Request::builder()
+            .method(method)
+            .uri("http://x/echo")
+            .body(body)
+            .unwrap();
+        let response = tokio::time::timeout(IO_LIMIT, sender.send_request(request))
+            .await
+            .expect("an answer in time")
+            .unwrap();
+        assert_eq!(response.status(), 200);
+        let text = tokio::time::timeout(IO_LIMIT, response.into_body().collect())
+            .await
+            .expect("the body in time")
+            .unwrap()
+            .to_bytes();
+        let text = String::from_utf8_lossy(&text);
+        assert!(text.ends_with("\n\nhello from h2"), "{method}: {text}");
+        assert!(
+            text.contains("transfer-encoding: chunked"),
+            "{method}: {text}"
+        );
+    }
+    gw.stop().await;
+}

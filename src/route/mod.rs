@@ -39,9 +39,15 @@ impl RequestInfo<'_> {
         }
     }
 
-    /// `$request_uri`: path and arguments as the client sent them.
-    pub fn request_uri(&self) -> &str {
-        self.uri.path_and_query().map_or("/", |p| p.as_str())
+    /// Append `$request_uri`: path and arguments as the client sent them.
+    /// An absolute-form target with an empty path (`http://h?x`) has the
+    /// path `/`, as RFC 9112 3.2.2 says and as hyper sends it on.
+    pub fn append_request_uri(&self, out: &mut Vec<u8>) {
+        let target = self.uri.path_and_query().map_or("/", |p| p.as_str());
+        if !target.starts_with('/') && !target.starts_with('*') {
+            out.push(b'/');
+        }
+        out.extend_from_slice(target.as_bytes());
     }
 }
 
@@ -489,7 +495,11 @@ fn upstream_uri(
             path::encode_path_into(&vars.uri, &mut out);
             with_args(out)
         }
-        _ => req.request_uri().as_bytes().to_vec(),
+        _ => {
+            let mut out = Vec::new();
+            req.append_request_uri(&mut out);
+            out
+        }
     }
 }
 

@@ -66,7 +66,7 @@ impl VarContext<'_> {
             Var::ServerName => out.extend_from_slice(self.server.primary_name().as_bytes()),
             Var::Scheme => out.extend_from_slice(req.scheme().as_bytes()),
             Var::RequestMethod => out.extend_from_slice(req.method.as_str().as_bytes()),
-            Var::RequestUri => out.extend_from_slice(req.request_uri().as_bytes()),
+            Var::RequestUri => req.append_request_uri(out),
             Var::Uri => out.extend_from_slice(self.uri),
             Var::Args => out.extend_from_slice(self.args),
             Var::Arg(name) => {
@@ -189,5 +189,32 @@ mod tests {
         let (x, y) = (new_request_id(), new_request_id());
         assert_eq!(x.len(), 32);
         assert_ne!(x, y);
+    }
+
+    #[test]
+    fn request_uri_always_has_a_path() {
+        let uri_of = |target: &str| {
+            let uri: http::Uri = target.parse().unwrap();
+            let headers = http::HeaderMap::new();
+            let addr: std::net::SocketAddr = "127.0.0.1:80".parse().unwrap();
+            let req = crate::route::RequestInfo {
+                method: &http::Method::GET,
+                uri: &uri,
+                headers: &headers,
+                version: http::Version::HTTP_11,
+                local: addr,
+                remote: addr,
+                tls: false,
+            };
+            let mut out = Vec::new();
+            req.append_request_uri(&mut out);
+            String::from_utf8(out).unwrap()
+        };
+        assert_eq!(uri_of("/a%20b?x=1"), "/a%20b?x=1");
+        assert_eq!(uri_of("http://h/p?q"), "/p?q");
+        // Found by fuzz/ upstream_request: the path of `http://h?x` is `/`.
+        assert_eq!(uri_of("http://h?x"), "/?x");
+        assert_eq!(uri_of("http://h"), "/");
+        assert_eq!(uri_of("*"), "*");
     }
 }

@@ -61,6 +61,8 @@ pub struct ConnState {
     /// The chunk sizes request number `declared_body_of` has declared so far.
     declared_body: AtomicU64,
     declared_body_of: AtomicU64,
+    /// Close the socket with a reset (SO_LINGER 0) rather than a FIN.
+    reset: AtomicBool,
     /// A [`FramingError`] code: the wrapper refused the framing of request
     /// number `framing_error_of`.
     framing_error: AtomicU8,
@@ -90,6 +92,7 @@ impl ConnState {
             body_limit_of: AtomicU64::new(0),
             declared_body: AtomicU64::new(0),
             declared_body_of: AtomicU64::new(0),
+            reset: AtomicBool::new(false),
             framing_error: AtomicU8::new(0),
             framing_error_of: AtomicU64::new(0),
             server_tokens,
@@ -211,6 +214,12 @@ impl ConnState {
             return None;
         }
         FramingError::from_code(self.framing_error.load(Relaxed))
+    }
+
+    /// When the connection is dropped, reset it: the kernel discards what
+    /// is queued for a client that will not read it.
+    pub fn reset_on_close(&self) {
+        self.reset.store(true, Relaxed);
     }
 
     /// The response (body included) has been handed to hyper.
@@ -407,6 +416,14 @@ impl AsyncWrite for ClientIo {
             return Poll::Ready(Ok(())); // the socket outlives this hyper connection
         }
         Pin::new(&mut self.inner).poll_shutdown(cx)
+    }
+}
+
+impl Drop for ClientIo {
+    fn drop(&mut self) {
+        if self.state.reset.load(Relaxed) {
+            let _ = socket2::SockRef::from(&self.inner).set_linger(Some(Duration::ZERO));
+        }
     }
 }
 

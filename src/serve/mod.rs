@@ -597,8 +597,13 @@ where
                 return Ended::Closed;
             }
             Watch::SendTimeout => {
-                // As nginx's send_timeout: the client stopped reading.
-                tracing::info!(%remote, "client did not read the response within send_timeout; closing");
+                // As nginx's send_timeout: the client stopped reading. The
+                // connection is reset, not closed (nginx's
+                // reset_timedout_connection): what is queued will never be
+                // read, and a close would leave it in the kernel until the
+                // client gives up (seen: 1.8 GB for 2,000 slow readers).
+                tracing::info!(%remote, "client did not read the response within send_timeout; resetting the connection");
+                state.reset_on_close();
                 return Ended::Closed;
             }
             Watch::HeadTimeout if head_timeout_fired => return Ended::Closed,

@@ -1087,7 +1087,7 @@ pub fn upstream_request(data: &[u8]) {
 
     // forward(): the headers, the upgrade pair, the URI.
     let mut headers = ginx::forward::upstream_headers(&info, &routed, location);
-    let upgrade = upgrade_protocol(&parts.headers);
+    let upgrade = ginx::forward::upgrade_protocol(&parts.headers);
     if let Some(protocol) = &upgrade {
         headers.insert(header::CONNECTION, HeaderValue::from_static("upgrade"));
         headers.insert(header::UPGRADE, protocol.clone());
@@ -1288,18 +1288,6 @@ pub fn upstream_request(data: &[u8]) {
             what()
         );
     }
-}
-
-/// forward.rs upgrade_protocol: `Connection: upgrade` plus an `Upgrade`.
-fn upgrade_protocol(headers: &HeaderMap) -> Option<HeaderValue> {
-    let asks = headers
-        .get_all(header::CONNECTION)
-        .iter()
-        .filter_map(|v| v.to_str().ok())
-        .flat_map(|v| v.split(','))
-        .any(|t| t.trim().eq_ignore_ascii_case("upgrade"));
-    asks.then(|| headers.get(header::UPGRADE).cloned())
-        .flatten()
 }
 
 /// Write `request` with hyper's HTTP/1 client into an in-memory pipe and

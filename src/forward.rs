@@ -697,8 +697,9 @@ fn accepts_trailers(headers: &HeaderMap) -> bool {
         .any(|t| t.trim().eq_ignore_ascii_case("trailers"))
 }
 
-/// The protocol a request asks to upgrade to (`Connection: upgrade` plus `Upgrade`).
-fn upgrade_protocol(headers: &HeaderMap) -> Option<HeaderValue> {
+/// The protocol a request asks to upgrade to (`Connection: upgrade` plus
+/// `Upgrade`). Public for the fuzz target that rebuilds upstream requests.
+pub fn upgrade_protocol(headers: &HeaderMap) -> Option<HeaderValue> {
     let asks = headers
         .get_all(header::CONNECTION)
         .iter()

@@ -809,14 +809,7 @@ servers:
 "#
     .replace("{UP}", &up.addr.to_string());
     let gw = start_one(&yaml, 1).await;
-    let tcp = TcpStream::connect(gw.addr(0)).await.unwrap();
-    let (mut sender, conn) = hyper::client::conn::http2::handshake(
-        hyper_util::rt::TokioExecutor::new(),
-        hyper_util::rt::TokioIo::new(tcp),
-    )
-    .await
-    .unwrap();
-    tokio::spawn(conn);
+    let mut sender = common::h2_connect(gw.addr(0)).await;
     for method in ["GET", "POST"] {
         let chunks = ["hello ", "from ", "h2"].map(|c| {
             Ok::<_, std::convert::Infallible>(http_body::Frame::data(bytes::Bytes::from(c)))

@@ -99,14 +99,7 @@ servers:
 "#
     );
     let gw = common::start_one(&yaml, 1).await;
-    let tcp = tokio::net::TcpStream::connect(gw.addr(0)).await.unwrap();
-    let (mut sender, conn) = hyper::client::conn::http2::handshake(
-        hyper_util::rt::TokioExecutor::new(),
-        hyper_util::rt::TokioIo::new(tcp),
-    )
-    .await
-    .unwrap();
-    tokio::spawn(conn);
+    let mut sender = common::h2_connect(gw.addr(0)).await;
 
     let (tx, rx) = tokio::sync::mpsc::channel(8);
     let request = http::Request::builder()

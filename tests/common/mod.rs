@@ -137,6 +137,24 @@ pub fn parse_responses(mut bytes: &[u8]) -> Vec<Resp> {
 }
 
 /// Send raw bytes, read until the server closes (bounded by IO_LIMIT).
+/// An HTTP/2 client connection (prior knowledge) to `addr`, driven by its own task.
+pub async fn h2_connect<B>(addr: SocketAddr) -> hyper::client::conn::http2::SendRequest<B>
+where
+    B: http_body::Body + Send + Unpin + 'static,
+    B::Data: Send,
+    B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
+{
+    let tcp = TcpStream::connect(addr).await.expect("connect");
+    let (sender, conn) = hyper::client::conn::http2::handshake(
+        hyper_util::rt::TokioExecutor::new(),
+        hyper_util::rt::TokioIo::new(tcp),
+    )
+    .await
+    .expect("HTTP/2 handshake");
+    tokio::spawn(conn);
+    sender
+}
+
 pub async fn raw(addr: SocketAddr, request: &[u8]) -> Vec<u8> {
     let mut s = TcpStream::connect(addr).await.expect("connect");
     s.write_all(request).await.expect("write");

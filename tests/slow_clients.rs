@@ -133,3 +133,38 @@ async fn a_client_that_stops_reading_is_closed_at_send_timeout() {
     );
     gw.stop().await;
 }
+
+/// On a plain address that also speaks HTTP/2 (prior knowledge), the server
+/// reads the first bytes to choose between HTTP/1 and HTTP/2: a client that
+/// sends nothing, or only part of the HTTP/2 preface, is still closed at
+/// client_header_timeout, while others (HTTP/1 and HTTP/2) are served.
+#[tokio::test]
+async fn the_header_timeout_holds_before_the_protocol_is_known() {
+    let yaml = "http: { client_header_timeout: 1s }\naccess_log: { path: \"off\" }\nservers:\n  - listen: [\"127.0.0.1:{p0} http2\"]\n    locations: [{ location: /, return: 204 }]\n";
+    let gw = common::start_one(yaml, 1).await;
+    let mut silent = tokio::net::TcpStream::connect(gw.addr(0)).await.unwrap();
+    let mut partial = tokio::net::TcpStream::connect(gw.addr(0)).await.unwrap();
+    partial.write_all(b"PRI * HT").await.unwrap();
+    let started = Instant::now();
+    assert_eq!(common::get(gw.addr(0), "x", "/").await.status, 204);
+    let mut h2 = common::h2_connect::<http_body_util::Empty<bytes::Bytes>>(gw.addr(0)).await;
+    let request = http::Request::get("http://x/")
+        .body(http_body_util::Empty::new())
+        .unwrap();
+    let response = tokio::time::timeout(common::IO_LIMIT, h2.send_request(request))
+        .await
+        .expect("an HTTP/2 answer in time")
+        .unwrap();
+    assert_eq!(response.status(), 204);
+    for (name, stream) in [("silent", &mut silent), ("partial preface", &mut partial)] {
+        let mut buf = Vec::new();
+        let read = tokio::time::timeout(common::IO_LIMIT, stream.read_to_end(&mut buf)).await;
+        assert!(read.is_ok(), "the {name} connection was never closed");
+        let waited = started.elapsed();
+        assert!(
+            waited >= Duration::from_millis(900),
+            "the {name} connection was closed before the timeout: {waited:?}"
+        );
+    }
+    gw.stop().await;
+}

@@ -13,6 +13,7 @@ use crate::balance::{Balancer, PeerRegistry, PeerState, PickInput};
 use crate::compile::upstream::{Balance, NextUpstream, Protocol};
 use crate::compile::{Config, Location, Upstream};
 use crate::route::{RequestInfo, Routed};
+use crate::serve::body::IdleTimer;
 use bytes::Bytes;
 use http::header::{self, HeaderMap, HeaderName, HeaderValue};
 use http::{Method, Request, Response, StatusCode, Uri};
@@ -24,13 +25,11 @@ use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::client::legacy::Client;
 use hyper_util::rt::TokioExecutor;
 use std::collections::HashMap;
-use std::future::Future;
 use std::pin::Pin;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering::Relaxed};
 use std::sync::{Arc, Mutex};
 use std::task::{Context, Poll};
 use std::time::{Duration, Instant};
-use tokio::time::Sleep;
 
 pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
 
@@ -874,8 +873,7 @@ async fn read_request_body(
         inner: body,
         seen: 0,
         limit: if limit == 0 { u64::MAX } else { limit },
-        idle: location.client_body_timeout,
-        timer: None,
+        timer: IdleTimer::new(location.client_body_timeout),
         progress: Arc::new(BodyProgress::default()),
         flags: flags.clone(),
     };
@@ -923,8 +921,8 @@ pub struct StreamedBody {
     inner: Incoming,
     seen: u64,
     limit: u64,
-    idle: Duration,
-    timer: Option<Pin<Box<Sleep>>>,
+    /// client_body_timeout between two pieces of the body.
+    timer: IdleTimer,
     progress: Arc<BodyProgress>,
     flags: Arc<StreamFlags>,
 }
@@ -960,7 +958,7 @@ impl Body for StreamedBody {
                         )));
                     }
                 }
-                this.timer = None;
+                this.timer.progressed();
                 this.progress.touch();
                 Poll::Ready(Some(Ok(frame)))
             }
@@ -971,11 +969,7 @@ impl Body for StreamedBody {
             }
             Poll::Ready(Some(Err(e))) => this.fail(&format!("reading the request body: {e}")),
             Poll::Pending => {
-                let idle = this.idle;
-                let timer = this
-                    .timer
-                    .get_or_insert_with(|| Box::pin(tokio::time::sleep(idle)));
-                if timer.as_mut().poll(cx).is_ready() {
+                if this.timer.expired(cx) {
                     return this.fail("client_body_timeout while reading the request body");
                 }
                 Poll::Pending

@@ -33,8 +33,8 @@ enum Inner {
         /// the body is pending; an error aborts the connection unflushed),
         /// as nginx sends what it received before closing.
         failed: Option<BoxError>,
-        read_timeout: Duration,
-        timer: Option<Pin<Box<Sleep>>>,
+        /// read_timeout between two pieces of the body.
+        timer: IdleTimer,
         _in_flight: InFlight,
     },
 }
@@ -97,8 +97,7 @@ impl ResponseBody {
         Self::new(Inner::Upstream {
             body,
             failed: None,
-            read_timeout,
-            timer: None,
+            timer: IdleTimer::new(read_timeout),
             _in_flight: in_flight,
         })
     }
@@ -128,14 +127,13 @@ impl ResponseBody {
             Inner::Upstream {
                 body,
                 failed,
-                read_timeout,
                 timer,
                 ..
             } => match failed.take() {
                 Some(e) => Poll::Ready(Some(Err(e))),
                 None => match Pin::new(body).poll_frame(cx) {
                     Poll::Ready(Some(Ok(frame))) => {
-                        *timer = None;
+                        timer.progressed();
                         Poll::Ready(Some(Ok(frame)))
                     }
                     Poll::Ready(Some(Err(e))) => {
@@ -146,9 +144,7 @@ impl ResponseBody {
                     }
                     Poll::Ready(None) => Poll::Ready(None),
                     Poll::Pending => {
-                        let limit = *read_timeout;
-                        let t = timer.get_or_insert_with(|| Box::pin(tokio::time::sleep(limit)));
-                        if t.as_mut().poll(cx).is_ready() {
+                        if timer.expired(cx) {
                             tracing::error!(
                                 "read_timeout while reading the upstream response body"
                             );
@@ -194,5 +190,94 @@ impl Body for ResponseBody {
             Inner::Full(d) => SizeHint::with_exact(d.as_ref().map_or(0, |d| d.len() as u64)),
             Inner::Upstream { body, .. } => body.size_hint(),
         }
+    }
+}
+
+/// A limit on the pause between two reads that costs a clock read per read
+/// rather than a timer per pause: one `Sleep` is made at the first pause,
+/// and when it fires after data came meanwhile, it is moved on instead of
+/// made again (a timer made and dropped per piece of a large body was a
+/// visible share of its cost).
+pub struct IdleTimer {
+    limit: Duration,
+    sleep: Option<Pin<Box<Sleep>>>,
+    /// When data last came, once the sleep exists.
+    last: Option<Instant>,
+}
+
+impl IdleTimer {
+    pub fn new(limit: Duration) -> Self {
+        IdleTimer {
+            limit,
+            sleep: None,
+            last: None,
+        }
+    }
+
+    /// Data came.
+    pub fn progressed(&mut self) {
+        if self.sleep.is_some() {
+            self.last = Some(Instant::now());
+        }
+    }
+
+    /// Nothing came on this poll: has `limit` passed since data last came
+    /// (or since the first pause)? Registers the waker when not.
+    pub fn expired(&mut self, cx: &mut Context<'_>) -> bool {
+        let limit = self.limit;
+        let sleep = match &mut self.sleep {
+            Some(sleep) => sleep,
+            None => {
+                self.last = None;
+                self.sleep.insert(Box::pin(tokio::time::sleep(limit)))
+            }
+        };
+        loop {
+            if sleep.as_mut().poll(cx).is_pending() {
+                return false;
+            }
+            match self.last.take() {
+                Some(last) if last + limit > Instant::now() => {
+                    sleep.as_mut().reset((last + limit).into());
+                }
+                _ => return true,
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Poll the timer as a body would after each pause.
+    async fn expired(timer: &mut IdleTimer) -> bool {
+        std::future::poll_fn(|cx| Poll::Ready(timer.expired(cx))).await
+    }
+
+    #[tokio::test]
+    async fn idle_timer_counts_from_the_last_data() {
+        let limit = Duration::from_millis(300);
+        let mut timer = IdleTimer::new(limit);
+        let started = Instant::now();
+        // Data every 150 ms for over three times the limit: never expired.
+        for _ in 0..7 {
+            assert!(!expired(&mut timer).await);
+            tokio::time::sleep(Duration::from_millis(150)).await;
+            timer.progressed();
+        }
+        assert!(started.elapsed() > limit * 3);
+        // Then nothing: expired once the limit has passed since the last data.
+        let last = Instant::now();
+        let deadline = last + Duration::from_secs(5);
+        while !expired(&mut timer).await {
+            assert!(Instant::now() < deadline, "never expired");
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        assert!(
+            last.elapsed() >= limit,
+            "expired early: {:?}",
+            last.elapsed()
+        );
     }
 }

@@ -324,8 +324,7 @@ impl AsyncRead for ClientIo {
             return Poll::Ready(Ok(()));
         }
         if this.failed {
-            let why = "request body framing refused";
-            return Poll::Ready(Err(io::Error::new(io::ErrorKind::InvalidData, why)));
+            return Poll::Ready(Err(framing_refused()));
         }
         if this.state.head_timed_out.load(Relaxed) {
             return Poll::Ready(Err(
@@ -376,8 +375,7 @@ impl AsyncRead for ClientIo {
             Verdict::Cut(at) => {
                 this.failed = true;
                 if at == 0 {
-                    let why = "request body framing refused";
-                    return Poll::Ready(Err(io::Error::new(io::ErrorKind::InvalidData, why)));
+                    return Poll::Ready(Err(framing_refused()));
                 }
                 buf.set_filled(before + at);
                 result
@@ -417,6 +415,12 @@ impl AsyncWrite for ClientIo {
         }
         Pin::new(&mut self.inner).poll_shutdown(cx)
     }
+}
+
+/// What hyper reads once a body's framing was refused (the handler learns
+/// why from the connection's state).
+fn framing_refused() -> io::Error {
+    io::Error::new(io::ErrorKind::InvalidData, "request body framing refused")
 }
 
 impl Drop for ClientIo {

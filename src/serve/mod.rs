@@ -814,10 +814,8 @@ async fn respond(
             // before contacting the upstream.
             let limit = routed.location.map_or(0, |l| l.client_max_body_size);
             if !conn_state.limit_body(request_number, limit) {
-                let (status, reason) = (
-                    http::StatusCode::PAYLOAD_TOO_LARGE,
-                    "declared chunk sizes over client_max_body_size",
-                );
+                let over = framing::FramingError::OverBodyLimit;
+                let (status, reason) = (over.status(), over.reason());
                 entry.reason = Some(reason.to_string());
                 tracing::info!(status = status.as_u16(), reason, uri = %parts.uri, client = %conn.remote, "request refused");
                 break 'proxy respond::page(status, settings.server_tokens);

@@ -286,7 +286,13 @@ impl ClientIo {
     pub fn unpark(&mut self, leftover: bytes::Bytes) {
         self.state.parking.store(false, Relaxed);
         self.state.unparked_ms.store(self.state.now_ms(), Relaxed);
-        self.replay = leftover;
+        // An empty `Bytes` cut from hyper's buffer still holds all of that
+        // buffer (8 KiB or more): keep only what is left to replay.
+        self.replay = if leftover.is_empty() {
+            bytes::Bytes::new()
+        } else {
+            bytes::Bytes::copy_from_slice(&leftover)
+        };
     }
 
     /// Wait until the client sends something (or closes).

@@ -423,6 +423,101 @@ async fn a_parked_idle_connection_serves_its_next_requests() {
     gw.stop().await;
 }
 
+/// A parked connection is held without a task, but it is still a
+/// connection: it counts as active (and against max_connections) until its
+/// client closes, and it is closed when its listener is removed by a reload
+/// and when ginx stops, which then does not wait for it.
+#[tokio::test]
+async fn parked_connections_keep_their_slot_and_close_with_their_listener() {
+    let admin = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap();
+    let yaml = format!(
+        r#"
+admin: {{ listen: "{admin}" }}
+http:
+  keepalive_timeout: 30s
+servers:
+  - listen: ["127.0.0.1:{{p0}}", "127.0.0.1:{{p1}}"]
+    locations:
+      - location: /
+        return: 200 "hi\n"
+"#
+    );
+    let mut gw = start_one(&yaml, 2).await;
+    let gauge = |name: &'static str| async move {
+        let metrics = common::get(admin, "admin", "/metrics").await.text();
+        metrics
+            .lines()
+            .find_map(|l| l.strip_prefix(name))
+            .and_then(|v| v.trim().parse::<i64>().ok())
+            .unwrap_or_else(|| panic!("no {name} in {metrics}"))
+    };
+    // Until `want` holds, or IO_LIMIT.
+    let settle = |name: &'static str, want: i64| async move {
+        let deadline = Instant::now() + IO_LIMIT;
+        loop {
+            let now = gauge(name).await;
+            if now == want || Instant::now() > deadline {
+                return now;
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    };
+    let mut open = Vec::new();
+    for port in [0, 0, 1] {
+        let mut s = TcpStream::connect(gw.addr(port)).await.unwrap();
+        s.write_all(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n")
+            .await
+            .unwrap();
+        assert_eq!(read_answers(&mut s, 1).await[0].status, 200);
+        open.push(s);
+    }
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    assert_eq!(settle("ginx_parked_connections ", 3).await, 3);
+    let active = gauge("ginx_active_connections ").await;
+    assert!(active >= 3, "parked connections are active ones: {active}");
+
+    // The client of a parked connection closes: its slot is given back.
+    drop(open.remove(0));
+    assert_eq!(settle("ginx_parked_connections ", 2).await, 2);
+    assert_eq!(
+        settle("ginx_active_connections ", active - 1).await,
+        active - 1
+    );
+
+    // A reload removes the second address: its parked connection is closed.
+    let path = gw.dir.path().join("ginx.yaml");
+    let text = std::fs::read_to_string(&path).unwrap();
+    let p1 = format!(", \"127.0.0.1:{}\"", gw.ports[1]);
+    assert!(text.contains(&p1));
+    std::fs::write(&path, text.replace(&p1, "")).unwrap();
+    let config = ginx::compile::load_and_compile(&path).unwrap();
+    let running = gw.running.take().unwrap();
+    running.shared.apply(config).unwrap();
+    let mut removed = open.pop().unwrap();
+    let closed = read_to_close(&mut removed).await;
+    assert!(closed.is_empty(), "{:?}", String::from_utf8_lossy(&closed));
+    assert_eq!(settle("ginx_parked_connections ", 1).await, 1);
+
+    // The one left still serves after being parked.
+    let mut kept = open.pop().unwrap();
+    kept.write_all(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n")
+        .await
+        .unwrap();
+    assert_eq!(read_answers(&mut kept, 1).await[0].status, 200);
+
+    // Stopping closes a parked connection rather than waiting for it.
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    assert_eq!(settle("ginx_parked_connections ", 1).await, 1);
+    assert!(
+        running.shutdown(Duration::from_secs(5)).await,
+        "a parked connection held up the stop"
+    );
+    assert!(read_to_close(&mut kept).await.is_empty());
+}
+
 /// Read until `want` whole responses have arrived on `s`.
 async fn read_answers(s: &mut TcpStream, want: usize) -> Vec<common::Resp> {
     let mut got = Vec::new();

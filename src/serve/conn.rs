@@ -230,6 +230,16 @@ impl ConnState {
     }
 }
 
+/// What a parked connection keeps of its client side.
+pub struct Idle {
+    pub socket: std::net::TcpStream,
+    /// Requests served so far (keepalive_requests counts on).
+    pub requests: u64,
+    pub server_tokens: bool,
+    /// keepalive_timeout ends here.
+    pub close_at: Instant,
+}
+
 /// Connection limits that apply before and between requests.
 #[derive(Clone, Copy, Debug)]
 pub struct HeadLimits {
@@ -282,7 +292,43 @@ impl ClientIo {
         }
     }
 
-    /// Back from parking: `leftover` is what hyper had read and not used.
+    /// A parked connection whose client spoke again, served anew.
+    pub fn resumed(
+        inner: TcpStream,
+        requests: u64,
+        server_tokens: bool,
+        limits: HeadLimits,
+    ) -> (Self, Arc<ConnState>) {
+        let state = ConnState::new(server_tokens);
+        let now = state.now_ms();
+        state.requests.store(requests, Relaxed);
+        state.idle_since_ms.store(now, Relaxed);
+        state.unparked_ms.store(now, Relaxed);
+        let mut io = ClientIo::new(inner, state.clone(), limits, Wire::Http1);
+        // Parked between messages: every head so far was a request.
+        io.framing = Framing::after(requests);
+        (io, state)
+    }
+
+    /// An idle connection gives up its socket to be parked: None when it
+    /// is due to close already (or the socket cannot be kept).
+    pub fn into_idle(self) -> Option<Idle> {
+        let Watch::Sleep(close_at) = watch(&self.state, &self.limits, false) else {
+            return None;
+        };
+        // A second descriptor for the socket: this wrapper (and tokio's
+        // registration) then goes, the socket stays open.
+        let socket = socket2::SockRef::from(&self.inner).try_clone().ok()?;
+        Some(Idle {
+            socket: socket.into(),
+            requests: self.state.requests(),
+            server_tokens: self.state.server_tokens,
+            close_at,
+        })
+    }
+
+    /// `leftover` is what hyper had read and not used when its connection
+    /// ended for parking: the next hyper connection reads it first.
     pub fn unpark(&mut self, leftover: bytes::Bytes) {
         self.state.parking.store(false, Relaxed);
         self.state.unparked_ms.store(self.state.now_ms(), Relaxed);

@@ -51,6 +51,14 @@ pub enum Verdict {
 }
 
 impl Framing {
+    /// Between messages, after `heads` request heads.
+    pub fn after(heads: u64) -> Self {
+        Framing {
+            heads,
+            ..Framing::default()
+        }
+    }
+
     /// Request heads completed so far.
     pub fn heads(&self) -> u64 {
         self.heads

@@ -9,6 +9,7 @@
 pub mod body;
 pub mod conn;
 pub mod framing;
+mod park;
 pub mod respond;
 
 use crate::access_log::{AccessLog, Entry};
@@ -23,6 +24,7 @@ use http::{Request, Response};
 use hyper::body::Incoming;
 use hyper_util::rt::{TokioExecutor, TokioIo};
 use hyper_util::server::conn::auto;
+use park::{Parked, ParkingLot};
 use std::collections::HashMap;
 use std::future::Future;
 use std::io;
@@ -61,6 +63,8 @@ pub struct Shared {
     pub metrics: crate::admin::Metrics,
     connections: Arc<Semaphore>,
     max_connections: usize,
+    /// Idle HTTP/1 keep-alive connections, held without a task.
+    parking: Arc<ParkingLot>,
 }
 
 impl Shared {
@@ -96,6 +100,8 @@ pub struct Running {
     /// The admin endpoint's task, when `admin.listen` is set (a change of
     /// that address applies on restart).
     admin: Option<JoinHandle<()>>,
+    /// The parking lot's task.
+    parking: JoinHandle<()>,
 }
 
 impl Running {
@@ -120,6 +126,8 @@ impl Running {
         for h in handles {
             let _ = h.task.await;
         }
+        self.shared.parking.close_all();
+        self.parking.abort();
         // Every connection holds a permit: all permits back = all connections done.
         let all = self.shared.max_connections as u32;
         tokio::time::timeout(grace, self.shared.connections.acquire_many(all))
@@ -206,6 +214,8 @@ pub async fn start(config: Config, prebound: Vec<std::net::TcpListener>) -> io::
     let access_log =
         AccessLog::start(&config.settings.access_log, config.settings.access_log_json)?;
     let upstreams = clients.runtimes(&config, &peers);
+    let metrics = crate::admin::Metrics::default();
+    let (parking, waiter) = ParkingLot::new(metrics.parked_connections.clone())?;
     let shared = Arc::new(Shared {
         current: ArcSwap::from_pointee(Generation {
             config: Config::empty(),
@@ -217,10 +227,17 @@ pub async fn start(config: Config, prebound: Vec<std::net::TcpListener>) -> io::
         health_tasks: std::sync::Mutex::new(Vec::new()),
         listeners: std::sync::Mutex::new(HashMap::new()),
         reload: std::sync::Mutex::new(crate::reload::ReloadState::default()),
-        metrics: crate::admin::Metrics::default(),
+        metrics,
         connections: Arc::new(Semaphore::new(max_connections)),
         max_connections,
+        parking: Arc::new(parking),
     });
+    let parking = tokio::spawn(park::run(shared.parking.clone(), waiter, {
+        let shared = shared.clone();
+        move |parked| {
+            tokio::spawn(resume_http1(shared.clone(), parked));
+        }
+    }));
     let bound = shared.apply_with(config, prebound)?;
     crate::reload::record_success(&shared);
     let admin = crate::admin::start(&shared, admin_listen).await?;
@@ -228,6 +245,7 @@ pub async fn start(config: Config, prebound: Vec<std::net::TcpListener>) -> io::
         shared,
         bound,
         admin,
+        parking,
     })
 }
 
@@ -279,14 +297,14 @@ async fn accept_loop(listener: TcpListener, shared: Arc<Shared>, mut stop: watch
         match accepted {
             Ok((stream, remote)) => {
                 backoff = Duration::from_millis(5);
-                let shared = shared.clone();
-                let stop = stop.clone();
-                tokio::spawn(async move {
-                    shared.metrics.active_connections.inc();
-                    serve_connection(shared.clone(), stream, remote, stop).await;
-                    shared.metrics.active_connections.dec();
-                    drop(permit);
-                });
+                let slot = ConnSlot::new(permit, &shared.metrics.active_connections);
+                tokio::spawn(serve_connection(
+                    shared.clone(),
+                    stream,
+                    remote,
+                    stop.clone(),
+                    slot,
+                ));
             }
             Err(e) => {
                 // Out of file descriptors and the like: wait, do not spin.
@@ -295,6 +313,32 @@ async fn accept_loop(listener: TcpListener, shared: Arc<Shared>, mut stop: watch
                 backoff = (backoff * 2).min(Duration::from_secs(1));
             }
         }
+    }
+}
+
+/// A connection's place among `max_connections`, from accept to close
+/// (parked or not): it counts the connection as active and holds its permit.
+pub struct ConnSlot {
+    _permit: tokio::sync::OwnedSemaphorePermit,
+    active: prometheus_client::metrics::gauge::Gauge,
+}
+
+impl ConnSlot {
+    fn new(
+        permit: tokio::sync::OwnedSemaphorePermit,
+        active: &prometheus_client::metrics::gauge::Gauge,
+    ) -> Self {
+        active.inc();
+        ConnSlot {
+            _permit: permit,
+            active: active.clone(),
+        }
+    }
+}
+
+impl Drop for ConnSlot {
+    fn drop(&mut self) {
+        self.active.dec();
     }
 }
 
@@ -311,6 +355,7 @@ async fn serve_connection(
     stream: TcpStream,
     remote: SocketAddr,
     stop: watch::Receiver<bool>,
+    slot: ConnSlot,
 ) {
     let Ok(local) = stream.local_addr() else {
         return;
@@ -346,7 +391,7 @@ async fn serve_connection(
         if http2 {
             return drive(shared, TokioIo::new(io), info, state, limits, stop).await;
         }
-        return drive_http1(shared, io, info, state, limits, stop).await;
+        return drive_http1(shared, io, info, state, limits, stop, slot).await;
     };
     // Under TLS the wrapper sees ciphertext: it keeps only the timers.
     // Boxed: a task's memory is its largest state, and an idle plain
@@ -442,19 +487,20 @@ async fn drive<I>(
     .await;
 }
 
-/// Serve a plain HTTP/1 connection, parking it when idle: hyper's
-/// connection is dropped (its buffers with it) and the socket alone waits
-/// for the next request, which gets a new hyper connection.
+/// Serve a plain HTTP/1 connection until it closes or, idle, is parked:
+/// hyper's connection is dropped (its buffers with it) and then this task,
+/// and the socket waits in the parking lot for the next request.
 async fn drive_http1(
     shared: Arc<Shared>,
     mut io: ClientIo,
     info: ConnInfo,
     state: Arc<ConnState>,
     limits: HeadLimits,
-    mut stop: watch::Receiver<bool>,
+    stop: watch::Receiver<bool>,
+    slot: ConnSlot,
 ) {
-    let parked = shared.metrics.parked_connections.clone();
     let service = {
+        let shared = shared.clone();
         let state = state.clone();
         hyper::service::service_fn(move |req| {
             handle_request(shared.clone(), state.clone(), info, req)
@@ -462,7 +508,7 @@ async fn drive_http1(
     };
     let read_buffer = read_buffer_size(&limits, false);
     loop {
-        // Boxed, so that a parked connection's task holds none of it.
+        // Boxed, so that the task's own state stays small.
         let mut conn = Box::pin(
             hyper::server::conn::http1::Builder::new()
                 .keep_alive(true)
@@ -488,39 +534,49 @@ async fn drive_http1(
             return;
         };
         io = parts.io.into_inner();
-        io.unpark(parts.read_buf);
-        drop(parts.service);
-        parked.inc();
-        let woken = wait_for_request(&io, &state, &limits, &mut stop).await;
-        parked.dec();
-        if !woken {
-            return;
+        if !parts.read_buf.is_empty() {
+            // The next request had begun to arrive: serve it on.
+            io.unpark(parts.read_buf);
+            continue;
         }
+        if let Some(idle) = io.into_idle() {
+            shared.parking.park(Parked {
+                idle,
+                limits,
+                stop,
+                slot,
+            });
+        }
+        return;
     }
 }
 
-/// A parked connection waits here: true when the client sends something,
-/// false when keepalive_timeout passes or ginx stops (the socket is closed).
-async fn wait_for_request(
-    io: &ClientIo,
-    state: &ConnState,
-    limits: &HeadLimits,
-    stop: &mut watch::Receiver<bool>,
-) -> bool {
-    if *stop.borrow() {
-        return false;
-    }
-    loop {
-        let due = match conn::watch(state, limits, false) {
-            Watch::Sleep(at) => at,
-            _ => return false,
-        };
-        tokio::select! {
-            r = io.readable() => return r.is_ok(),
-            _ = tokio::time::sleep_until(due.into()) => {}
-            _ = stop.changed() => return false,
+/// A parked connection's client sent something: serve the connection again.
+async fn resume_http1(shared: Arc<Shared>, parked: Parked) {
+    let Parked {
+        idle,
+        limits,
+        stop,
+        slot,
+    } = parked;
+    let stream = match TcpStream::from_std(idle.socket) {
+        Ok(stream) => stream,
+        Err(e) => {
+            tracing::warn!(error = %e, "cannot serve a parked connection again; closing it");
+            return;
         }
-    }
+    };
+    // Asked again rather than kept: a parked connection stays small.
+    let (Ok(local), Ok(remote)) = (stream.local_addr(), stream.peer_addr()) else {
+        return; // the client has gone already
+    };
+    let info = ConnInfo {
+        local,
+        remote,
+        tls: false,
+    };
+    let (io, state) = ClientIo::resumed(stream, idle.requests, idle.server_tokens, limits);
+    drive_http1(shared, io, info, state, limits, stop, slot).await
 }
 
 /// How a connection's driving ended.

@@ -22,6 +22,7 @@ pub fn spawn_checks(upstreams: &[UpstreamRuntime]) -> Vec<JoinHandle<()>> {
         for index in 0..rt.balancer.peers.len() {
             let balancer = rt.balancer.clone();
             let client = rt.client.clone();
+            let pool_authority = rt.pool_authority(index).clone();
             let tls_client = rt.tls_client.clone().filter(|_| rt.used_with_https);
             let check = check.clone();
             let name = rt.upstream.name.clone();
@@ -34,8 +35,8 @@ pub fn spawn_checks(upstreams: &[UpstreamRuntime]) -> Vec<JoinHandle<()>> {
                 loop {
                     ticker.tick().await;
                                         let verdict = match &tls_client {
-                        Some(tls) => probe(tls, "https", peer.addr, &check).await,
-                        None => probe(&client, "http", peer.addr, &check).await,
+                        Some(tls) => probe(tls, "https", peer.addr.to_string(), peer.addr, &check).await,
+                        None => probe(&client, "http", pool_authority.to_string(), peer.addr, &check).await,
                     };
                     let healthy = peer.state.is_healthy();
                     match verdict {
@@ -65,20 +66,26 @@ pub fn spawn_checks(upstreams: &[UpstreamRuntime]) -> Vec<JoinHandle<()>> {
 
 /// One check: GET `path`, answered within `timeout` with a status in
 /// `expect`; over TLS for a group that locations reach with `https://`.
+/// `authority`: what the client's pool knows the server by (see
+/// forward::PeerAliases); `addr`: the server, as the Host.
 async fn probe<C>(
     client: &hyper_util::client::legacy::Client<C, RequestBody>,
     scheme: &str,
+    authority: String,
     addr: std::net::SocketAddr,
     check: &HealthCheck,
 ) -> Result<(), String>
 where
     C: hyper_util::client::legacy::connect::Connect + Clone + Send + Sync + 'static,
 {
-    let uri: Uri = format!("{scheme}://{addr}{}", check.path)
+    let uri: Uri = format!("{scheme}://{authority}{}", check.path)
         .parse()
         .map_err(|e| format!("bad check URI: {e}"))?;
     let mut request = Request::new(RequestBody::Full(None));
     *request.uri_mut() = uri;
+    if let Ok(host) = http::HeaderValue::from_str(&addr.to_string()) {
+        request.headers_mut().insert(http::header::HOST, host);
+    }
     request.headers_mut().insert(
         http::header::USER_AGENT,
         http::HeaderValue::from_static("ginx-health-check"),

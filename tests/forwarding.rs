@@ -737,3 +737,78 @@ servers:
 
     gw.stop().await;
 }
+
+/// What an upstream's response says about its own hop (Connection and the
+/// headers it names, Keep-Alive, Proxy-Connection) and what ginx sends
+/// itself (Server, Date) do not reach the client; its other headers and
+/// body do.
+#[tokio::test]
+async fn response_hop_by_hop_headers_stay_upstream() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let up = listener.local_addr().unwrap();
+    let answer: &[u8] = b"HTTP/1.1 200 OK\r\nServer: upstream/1\r\n\
+        Date: Mon, 01 Jan 2001 00:00:00 GMT\r\nConnection: keep-alive, X-Secret\r\n\
+        X-Secret: s\r\nKeep-Alive: timeout=5\r\nProxy-Connection: keep-alive\r\n\
+        X-Kept: yes\r\nContent-Length: 2\r\n\r\nok";
+    let server = tokio::spawn(async move {
+        let (mut s, _) = listener.accept().await.unwrap();
+        let mut head = Vec::new();
+        let mut buf = [0u8; 4096];
+        while !head.windows(4).any(|w| w == b"\r\n\r\n") {
+            let n = s.read(&mut buf).await.unwrap();
+            assert!(n > 0, "the request head did not arrive");
+            head.extend_from_slice(&buf[..n]);
+        }
+        s.write_all(answer).await.unwrap();
+    });
+    let yaml = r#"
+servers:
+  - listen: ["127.0.0.1:{p0}"]
+    locations:
+      - location: /
+        proxy_pass: http://{UP}
+"#
+    .replace("{UP}", &up.to_string());
+    let gw = start_one(&yaml, 1).await;
+    let r = get(gw.addr(0), "x", "/").await;
+    assert_eq!((r.status, r.text().as_str()), (200, "ok"));
+    assert_eq!(r.header("x-kept"), Some("yes"));
+    for gone in ["x-secret", "keep-alive", "proxy-connection"] {
+        assert_eq!(r.header(gone), None, "{gone} reached the client: {r:?}");
+    }
+    assert_ne!(r.header("server"), Some("upstream/1"));
+    assert!(r.header("date").is_some());
+    assert_ne!(r.header("date"), Some("Mon, 01 Jan 2001 00:00:00 GMT"));
+    tokio::time::timeout(Duration::from_secs(10), server)
+        .await
+        .unwrap()
+        .unwrap();
+    gw.stop().await;
+}
+
+/// A request without a Host (HTTP/1.0) goes to an HTTP/1 upstream with the
+/// server's address as its Host, whatever name ginx's pool knows it by.
+#[tokio::test]
+async fn a_request_without_host_goes_up_with_the_servers_address() {
+    let up = upstream("a").await;
+    let yaml = r#"
+upstreams:
+  app:
+    servers: ["{UP}"]
+servers:
+  - listen: ["127.0.0.1:{p0}"]
+    locations:
+      - location: /
+        proxy_pass: http://app
+"#
+    .replace("{UP}", &up.addr.to_string());
+    let gw = start_one(&yaml, 1).await;
+    for _ in 0..2 {
+        let answer = common::raw(gw.addr(0), b"GET /x HTTP/1.0\r\n\r\n").await;
+        let r = &common::parse_responses(&answer)[0];
+        assert_eq!(r.status, 200);
+        assert_eq!(upstream_header(r, "host"), Some(up.addr.to_string()));
+    }
+    gw.stop().await;
+}

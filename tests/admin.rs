@@ -6,10 +6,7 @@ use std::time::Duration;
 #[tokio::test]
 async fn status_and_metrics_report_requests_upstreams_and_reloads() {
     let up = common::upstream("a").await;
-    let admin = std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap();
+    let admin = common::free_addr();
     let yaml = format!(
         r#"
 admin: {{ listen: "{admin}" }}
@@ -100,10 +97,7 @@ servers:
 
 #[tokio::test]
 async fn metrics_say_they_are_openmetrics() {
-    let admin = std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap();
+    let admin = common::free_addr();
     let yaml = format!("admin: {{ listen: \"{admin}\" }}\nservers:\n  - listen: [\"127.0.0.1:{{p0}}\"]\n    locations: [{{ location: /, return: 204 }}]\n");
     let gw = common::start_one(&yaml, 1).await;
     let r = common::get(admin, "admin", "/metrics").await;

@@ -363,10 +363,7 @@ async fn one_worker_thread_serves_concurrently_and_reloads() {
 /// still closes it.
 #[tokio::test]
 async fn a_parked_idle_connection_serves_its_next_requests() {
-    let admin = std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap();
+    let admin = common::free_addr();
     let yaml = LIMITS
         .replace("keepalive_timeout: 1s", "keepalive_timeout: 4s")
         .replace("keepalive_requests: 3", "keepalive_requests: 100")
@@ -375,27 +372,20 @@ async fn a_parked_idle_connection_serves_its_next_requests() {
             &format!("admin: {{ listen: \"{admin}\" }}\nhttp:\n"),
         );
     let gw = start_one(&yaml, 1).await;
-    let parked = || async move {
-        let metrics = common::get(admin, "admin", "/metrics").await.text();
-        metrics
-            .lines()
-            .find_map(|l| l.strip_prefix("ginx_parked_connections "))
-            .map(|v| v.trim().to_string())
-            .unwrap_or_else(|| panic!("no parked gauge in {metrics}"))
-    };
+    let parked = || common::metric(admin, "ginx_parked_connections");
     let mut s = TcpStream::connect(gw.addr(0)).await.unwrap();
     s.write_all(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n")
         .await
         .unwrap();
     let r = read_answers(&mut s, 1).await;
     assert_eq!(r[0].status, 200);
-    assert_eq!(parked().await, "0");
+    assert_eq!(parked().await, 0);
     for round in 0..2 {
         // Idle past the park delay, then two pipelined requests.
         tokio::time::sleep(Duration::from_millis(1500)).await;
         assert_eq!(
             parked().await,
-            "1",
+            1,
             "round {round}: the idle connection is parked"
         );
         s.write_all(b"GET / HTTP/1.1\r\nHost: x\r\n\r\nGET / HTTP/1.1\r\nHost: x\r\n\r\n")
@@ -429,10 +419,7 @@ async fn a_parked_idle_connection_serves_its_next_requests() {
 /// and when ginx stops, which then does not wait for it.
 #[tokio::test]
 async fn parked_connections_keep_their_slot_and_close_with_their_listener() {
-    let admin = std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap();
+    let admin = common::free_addr();
     let yaml = format!(
         r#"
 admin: {{ listen: "{admin}" }}
@@ -446,19 +433,11 @@ servers:
 "#
     );
     let mut gw = start_one(&yaml, 2).await;
-    let gauge = |name: &'static str| async move {
-        let metrics = common::get(admin, "admin", "/metrics").await.text();
-        metrics
-            .lines()
-            .find_map(|l| l.strip_prefix(name))
-            .and_then(|v| v.trim().parse::<i64>().ok())
-            .unwrap_or_else(|| panic!("no {name} in {metrics}"))
-    };
     // Until `want` holds, or IO_LIMIT.
     let settle = |name: &'static str, want: i64| async move {
         let deadline = Instant::now() + IO_LIMIT;
         loop {
-            let now = gauge(name).await;
+            let now = common::metric(admin, name).await;
             if now == want || Instant::now() > deadline {
                 return now;
             }
@@ -475,15 +454,15 @@ servers:
         open.push(s);
     }
     tokio::time::sleep(Duration::from_millis(1500)).await;
-    assert_eq!(settle("ginx_parked_connections ", 3).await, 3);
-    let active = gauge("ginx_active_connections ").await;
+    assert_eq!(settle("ginx_parked_connections", 3).await, 3);
+    let active = common::metric(admin, "ginx_active_connections").await;
     assert!(active >= 3, "parked connections are active ones: {active}");
 
     // The client of a parked connection closes: its slot is given back.
     drop(open.remove(0));
-    assert_eq!(settle("ginx_parked_connections ", 2).await, 2);
+    assert_eq!(settle("ginx_parked_connections", 2).await, 2);
     assert_eq!(
-        settle("ginx_active_connections ", active - 1).await,
+        settle("ginx_active_connections", active - 1).await,
         active - 1
     );
 
@@ -499,7 +478,7 @@ servers:
     let mut removed = open.pop().unwrap();
     let closed = read_to_close(&mut removed).await;
     assert!(closed.is_empty(), "{:?}", String::from_utf8_lossy(&closed));
-    assert_eq!(settle("ginx_parked_connections ", 1).await, 1);
+    assert_eq!(settle("ginx_parked_connections", 1).await, 1);
 
     // The one left still serves after being parked.
     let mut kept = open.pop().unwrap();
@@ -510,7 +489,7 @@ servers:
 
     // Stopping closes a parked connection rather than waiting for it.
     tokio::time::sleep(Duration::from_millis(1500)).await;
-    assert_eq!(settle("ginx_parked_connections ", 1).await, 1);
+    assert_eq!(settle("ginx_parked_connections", 1).await, 1);
     assert!(
         running.shutdown(Duration::from_secs(5)).await,
         "a parked connection held up the stop"

@@ -77,6 +77,24 @@ pub async fn start_one(yaml: &str, nports: usize) -> Gateway {
     start(&[("ginx.yaml", yaml)], nports).await
 }
 
+/// An address on 127.0.0.1 that nothing listens on now (for an admin listener).
+pub fn free_addr() -> SocketAddr {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .expect("a free port")
+}
+
+/// The value of the metric `name` (a gauge or counter without labels) on
+/// the admin listener at `admin`.
+pub async fn metric(admin: SocketAddr, name: &str) -> i64 {
+    let metrics = get(admin, "admin", "/metrics").await.text();
+    metrics
+        .lines()
+        .find_map(|l| l.strip_prefix(name)?.strip_prefix(' '))
+        .and_then(|v| v.trim().parse().ok())
+        .unwrap_or_else(|| panic!("no {name} in {metrics}"))
+}
+
 #[derive(Debug, Clone)]
 pub struct Resp {
     pub status: u16,

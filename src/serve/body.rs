@@ -7,10 +7,9 @@
 
 use super::conn::ConnState;
 use crate::access_log::{AccessLog, Entry};
-use crate::forward::{BoxError, InFlight};
+use crate::forward::{BoxError, InFlight, UpstreamBody};
 use bytes::Bytes;
 use http_body::{Body, Frame, SizeHint};
-use hyper::body::Incoming;
 use std::future::Future;
 use std::pin::Pin;
 use std::sync::Arc;
@@ -27,7 +26,7 @@ pub struct ResponseBody {
 enum Inner {
     Full(Option<Bytes>),
     Upstream {
-        body: Incoming,
+        body: UpstreamBody,
         /// The upstream's body failed: the error waits one turn, so that
         /// hyper first flushes what it has of the response (it flushes when
         /// the body is pending; an error aborts the connection unflushed),
@@ -93,7 +92,7 @@ impl ResponseBody {
 
     /// An upstream's body, streamed; the peer counts the request in flight
     /// until it is done.
-    pub fn upstream(body: Incoming, read_timeout: Duration, in_flight: InFlight) -> Self {
+    pub fn upstream(body: UpstreamBody, read_timeout: Duration, in_flight: InFlight) -> Self {
         Self::new(Inner::Upstream {
             body,
             failed: None,
@@ -137,8 +136,8 @@ impl ResponseBody {
                         Poll::Ready(Some(Ok(frame)))
                     }
                     Poll::Ready(Some(Err(e))) => {
-                        tracing::error!(error = %e, cause = ?std::error::Error::source(&e), "upstream response body failed; the client's response is cut short");
-                        *failed = Some(e.into());
+                        tracing::error!(error = %e, cause = ?e.source(), "upstream response body failed; the client's response is cut short");
+                        *failed = Some(e);
                         cx.waker().wake_by_ref();
                         Poll::Pending
                     }

@@ -31,6 +31,8 @@ use std::sync::{Arc, Mutex};
 use std::task::{Context, Poll};
 use std::time::{Duration, Instant};
 
+mod h1;
+
 pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
 
 /// Bodies this size or smaller (with a Content-Length) are read before the
@@ -51,13 +53,18 @@ pub type UpstreamClient = Client<AliasConnector, RequestBody>;
 pub struct PeerAliases(std::sync::RwLock<Vec<std::net::SocketAddr>>);
 
 impl PeerAliases {
-    fn alias(&self, addr: std::net::SocketAddr) -> http::uri::Authority {
+    /// The peer's number in this pool (also its slot in the native pool).
+    fn slot(&self, addr: std::net::SocketAddr) -> usize {
         let mut addrs = self.0.write().unwrap_or_else(|e| e.into_inner());
-        let i = addrs.iter().position(|a| *a == addr).unwrap_or_else(|| {
+        addrs.iter().position(|a| *a == addr).unwrap_or_else(|| {
             addrs.push(addr);
             addrs.len() - 1
-        });
-        http::uri::Authority::try_from(i.to_string()).expect("digits are an authority")
+        })
+    }
+
+    fn alias(&self, addr: std::net::SocketAddr) -> http::uri::Authority {
+        http::uri::Authority::try_from(self.slot(addr).to_string())
+            .expect("digits are an authority")
     }
 
     /// The address `host` stands for; None when it is not an alias (a
@@ -108,6 +115,10 @@ pub struct UpstreamRuntime {
     pub upstream: Arc<Upstream>,
     pub balancer: Arc<Balancer>,
     pub client: UpstreamClient,
+    /// The native HTTP/1.1 client's idle connections (see [`h1`]), and each
+    /// peer's slot in it (index = peer index).
+    native: Arc<h1::Pool>,
+    slots: Vec<usize>,
     /// For `proxy_pass: https://`: the same pool settings over TLS.
     pub tls_client: Option<TlsUpstreamClient>,
     /// A location proxies to this group with `https://` (health checks use TLS then).
@@ -135,6 +146,7 @@ pub struct ClientRegistry {
 #[derive(Clone)]
 struct Pools {
     plain: UpstreamClient,
+    native: Arc<h1::Pool>,
     tls: Option<TlsUpstreamClient>,
     aliases: Arc<PeerAliases>,
 }
@@ -226,6 +238,7 @@ impl ClientRegistry {
                     });
                     Pools {
                         plain: pool_client(u, connector),
+                        native: h1::Pool::new(u.keepalive, u.keepalive_timeout, u.connect_timeout),
                         tls,
                         aliases,
                     }
@@ -248,10 +261,17 @@ impl ClientRegistry {
                         .collect(),
                     Protocol::Http2 => authorities.clone(),
                 };
+                let slots = balancer
+                    .peers
+                    .iter()
+                    .map(|p| pools.aliases.slot(p.addr))
+                    .collect();
                 UpstreamRuntime {
                     upstream: u.clone(),
                     balancer,
                     client: pools.plain,
+                    native: pools.native,
+                    slots,
                     tls_client: pools.tls,
                     used_with_https,
                     authorities,
@@ -375,6 +395,17 @@ pub async fn forward(
         _ => Vec::new(),
     };
     let idempotent = is_idempotent(info.method);
+    let client_trailers = accepts_trailers(info.headers);
+    // Plain HTTP/1 with a body held whole and no upgrade: the native client.
+    let native = !pass.https
+        && upstream.protocol == Protocol::Http1
+        && upgrade.is_none()
+        && body.replayable();
+    let filter = h1::ResponseFilter {
+        hide: &location.headers.proxy_hide_header,
+        keep_trailer: client_trailers,
+    };
+    let mut wire = Vec::new();
     let peers = rt.balancer.peers.len();
     let max_tries = match upstream.next_upstream_tries {
         0 => peers,
@@ -395,62 +426,81 @@ pub async fn forward(
         tried.push(i);
         let peer = &rt.balancer.peers[i];
         report.addr = Some(peer.addr);
-        let mut uri = http::uri::Parts::default();
-        uri.scheme = Some(scheme.clone());
-        uri.authority = Some(match pass.https {
-            true => rt.authorities[i].clone(),
-            false => rt.pool_authorities[i].clone(),
-        });
-        uri.path_and_query = Some(path_and_query.clone());
-        let Ok(uri) = Uri::from_parts(uri) else {
-            return Err(ForwardError::new(
-                StatusCode::INTERNAL_SERVER_ERROR,
-                "cannot build the upstream URI",
-            ));
-        };
-        let (attempt_body, progress) = body.for_attempt();
-        let mut request = Request::new(attempt_body);
-        *request.method_mut() = info.method.clone();
-        *request.uri_mut() = uri;
-        *request.headers_mut() = first_headers.take().unwrap_or_else(build_headers);
-        if needs_host {
-            // As hyper-util would from the URI, which may hold an alias.
-            if let Ok(host) = HeaderValue::from_str(rt.authorities[i].as_str()) {
-                request.headers_mut().insert(header::HOST, host);
-            }
-        }
-
         let in_flight = InFlight::new(&peer.state);
         let started = Instant::now();
-        let result = match (&rt.tls_client, pass.https) {
-            (_, false) => {
-                send(
-                    &rt.client,
-                    request,
-                    started,
-                    progress.as_deref(),
-                    send_timeout,
-                    read_timeout,
-                )
-                .await
-            }
-            (Some(tls), true) => {
-                send(
-                    tls,
-                    request,
-                    started,
-                    progress.as_deref(),
-                    send_timeout,
-                    read_timeout,
-                )
-                .await
-            }
-            (None, true) => {
+        let result = if native {
+            let headers = first_headers.take().unwrap_or_else(build_headers);
+            wire.clear();
+            h1::write_request(
+                &mut wire,
+                info.method,
+                path_and_query.as_str(),
+                &headers,
+                needs_host.then(|| rt.authorities[i].as_str()),
+                body.held(),
+            );
+            let outgoing = h1::Outgoing {
+                bytes: &wire,
+                head_request: info.method == Method::HEAD,
+                may_resend: idempotent || upstream.next_upstream.non_idempotent,
+            };
+            h1::send(
+                &rt.native,
+                rt.slots[i],
+                peer.addr,
+                &outgoing,
+                &filter,
+                started,
+                send_timeout,
+                read_timeout,
+            )
+            .await
+            .map(|(parts, body)| Response::from_parts(parts, UpstreamBody::Native(body)))
+        } else {
+            let mut uri = http::uri::Parts::default();
+            uri.scheme = Some(scheme.clone());
+            uri.authority = Some(match pass.https {
+                true => rt.authorities[i].clone(),
+                false => rt.pool_authorities[i].clone(),
+            });
+            uri.path_and_query = Some(path_and_query.clone());
+            let Ok(uri) = Uri::from_parts(uri) else {
                 return Err(ForwardError::new(
-                    StatusCode::BAD_GATEWAY,
-                    format!("upstream {:?} has no usable TLS settings", upstream.name),
-                ))
+                    StatusCode::INTERNAL_SERVER_ERROR,
+                    "cannot build the upstream URI",
+                ));
+            };
+            let (attempt_body, progress) = body.for_attempt();
+            let mut request = Request::new(attempt_body);
+            *request.method_mut() = info.method.clone();
+            *request.uri_mut() = uri;
+            *request.headers_mut() = first_headers.take().unwrap_or_else(build_headers);
+            if needs_host {
+                // As hyper-util would from the URI, which may hold an alias.
+                if let Ok(host) = HeaderValue::from_str(rt.authorities[i].as_str()) {
+                    request.headers_mut().insert(header::HOST, host);
+                }
             }
+            let client = match (&rt.tls_client, pass.https) {
+                (_, false) => Either::Plain(&rt.client),
+                (Some(tls), true) => Either::Tls(tls),
+                (None, true) => {
+                    return Err(ForwardError::new(
+                        StatusCode::BAD_GATEWAY,
+                        format!("upstream {:?} has no usable TLS settings", upstream.name),
+                    ))
+                }
+            };
+            let progress = progress.as_deref();
+            let sent = match client {
+                Either::Plain(c) => {
+                    send(c, request, started, progress, send_timeout, read_timeout).await
+                }
+                Either::Tls(c) => {
+                    send(c, request, started, progress, send_timeout, read_timeout).await
+                }
+            };
+            sent.map(|r| r.map(UpstreamBody::Hyper))
         };
         report.response_time = Some(started.elapsed());
         let retry_body_ok = body.replayable();
@@ -479,7 +529,7 @@ pub async fn forward(
                     location,
                     read_timeout,
                     in_flight,
-                    accepts_trailers(info.headers),
+                    client_trailers,
                 ));
             }
             Err(failure) => {
@@ -553,6 +603,12 @@ impl Drop for InFlight {
     fn drop(&mut self) {
         self.0.in_flight.fetch_sub(1, Relaxed);
     }
+}
+
+/// The pooled client a request goes through when not the native one.
+enum Either<'a> {
+    Plain(&'a UpstreamClient),
+    Tls(&'a TlsUpstreamClient),
 }
 
 #[derive(Debug, PartialEq, Eq)]
@@ -805,21 +861,24 @@ fn write_ip(out: &mut Vec<u8>, ip: std::net::IpAddr) {
 /// `proxy_hide_header`, and the upstream's own Server and Date removed (ginx
 /// sets its own, as nginx does); the body streams with `read_timeout` between reads.
 fn downstream_response(
-    response: Response<Incoming>,
+    response: Response<UpstreamBody>,
     location: &Location,
     read_timeout: Duration,
     in_flight: InFlight,
     client_accepts_trailers: bool,
 ) -> Response<crate::serve::body::ResponseBody> {
     let (mut parts, body) = response.into_parts();
-    let announced = match client_accepts_trailers {
-        true => parts.headers.get(header::TRAILER).cloned(),
-        false => None,
-    };
-    clean_response_headers(&mut parts.headers, location);
-    if let Some(t) = announced {
-        // The announcement is what lets hyper send the trailer fields on HTTP/1.1.
-        parts.headers.insert(header::TRAILER, t);
+    // The native client filtered the headers as it parsed them.
+    if let UpstreamBody::Hyper(_) = body {
+        let announced = match client_accepts_trailers {
+            true => parts.headers.get(header::TRAILER).cloned(),
+            false => None,
+        };
+        clean_response_headers(&mut parts.headers, location);
+        if let Some(t) = announced {
+            // The announcement is what lets hyper send the trailer fields on HTTP/1.1.
+            parts.headers.insert(header::TRAILER, t);
+        }
     }
     let body = crate::serve::body::ResponseBody::upstream(body, read_timeout, in_flight);
     Response::from_parts(parts, body)
@@ -856,7 +915,7 @@ pub fn wants_upgrade(headers: &HeaderMap) -> bool {
 /// The upstream agreed to switch protocols: answer the client with its 101,
 /// then splice the two connections as byte streams until either side closes.
 fn splice_upgrade(
-    mut response: Response<Incoming>,
+    mut response: Response<UpstreamBody>,
     client: OnUpgrade,
     location: &Location,
     in_flight: InFlight,
@@ -928,6 +987,14 @@ struct StreamFlags {
 impl HeldBody {
     fn replayable(&self) -> bool {
         !matches!(self, HeldBody::Streaming(..))
+    }
+
+    /// The body when held whole (empty otherwise).
+    fn held(&self) -> &[u8] {
+        match self {
+            HeldBody::Buffered(b) => b,
+            _ => &[],
+        }
     }
 
     fn for_attempt(&mut self) -> (RequestBody, Option<Arc<BodyProgress>>) {
@@ -1012,6 +1079,43 @@ async fn read_request_body(
         flags: flags.clone(),
     };
     Ok(HeldBody::Streaming(Some(streamed), flags))
+}
+
+/// An upstream's response body, from hyper-util's client or the native one.
+pub enum UpstreamBody {
+    Hyper(Incoming),
+    Native(h1::ResponseBody),
+}
+
+impl Body for UpstreamBody {
+    type Data = Bytes;
+    type Error = BoxError;
+
+    fn poll_frame(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
+        match self.get_mut() {
+            UpstreamBody::Hyper(b) => Pin::new(b)
+                .poll_frame(cx)
+                .map(|f| f.map(|r| r.map_err(Into::into))),
+            UpstreamBody::Native(b) => Pin::new(b).poll_frame(cx),
+        }
+    }
+
+    fn is_end_stream(&self) -> bool {
+        match self {
+            UpstreamBody::Hyper(b) => b.is_end_stream(),
+            UpstreamBody::Native(b) => b.is_end_stream(),
+        }
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        match self {
+            UpstreamBody::Hyper(b) => b.size_hint(),
+            UpstreamBody::Native(b) => b.size_hint(),
+        }
+    }
 }
 
 /// The body sent upstream.

@@ -233,6 +233,12 @@ pub fn write_request(
     host: Option<&str>,
     body: &[u8],
 ) {
+    // Sized up front: growing by doubling cost more than the writing.
+    let fields: usize = headers
+        .iter()
+        .map(|(n, v)| n.as_str().len() + v.len() + 4)
+        .sum();
+    out.reserve(64 + target.len() + fields + host.map_or(0, str::len) + body.len());
     out.extend_from_slice(method.as_str().as_bytes());
     out.push(b' ');
     out.extend_from_slice(target.as_bytes());

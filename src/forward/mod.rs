@@ -681,7 +681,8 @@ fn describe_client_error(e: &hyper_util::client::legacy::Error) -> String {
 }
 
 /// Hop-by-hop headers (RFC 9110 §7.6.1), never forwarded in either direction.
-const HOP_BY_HOP: [HeaderName; 7] = [
+/// A static, not a const: a const array would be built and dropped at each use.
+static HOP_BY_HOP: [HeaderName; 7] = [
     header::CONNECTION,
     HeaderName::from_static("keep-alive"),
     HeaderName::from_static("proxy-connection"),

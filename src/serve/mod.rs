@@ -622,6 +622,11 @@ where
     // After a GOAWAY for keepalive_requests: close once no stream is open and
     // this moment has passed (a client need not answer the GOAWAY's PING).
     let mut drain_by: Option<Instant> = None;
+    // Made once: a new `changed()` per turn of the loop (two turns a
+    // request) cost 900 instructions a request in registering with the
+    // channel. Not polled again once it has fired (`stopping`).
+    let changed = stop.changed();
+    tokio::pin!(changed);
     loop {
         if !stopping && state.is_http2() && state.requests() >= limits.keepalive_requests {
             // As nginx: GOAWAY after keepalive_requests streams; those
@@ -687,8 +692,6 @@ where
         // first byte arrives: the state's progress marks those, and is
         // checked each time the connection is polled (no wake-up of its own).
         let seen = state.progress();
-        let changed = stop.changed();
-        tokio::pin!(changed);
         let event = std::future::poll_fn(|cx| {
             if let Poll::Ready(result) = conn.as_mut().poll(cx) {
                 return Poll::Ready(Event::Ended(result));

@@ -1067,6 +1067,7 @@ pub fn upstream_request(data: &[u8]) {
         },
     };
     let sent_body = body.data.clone().unwrap_or_default();
+    let held_whole = body.known_size;
 
     let fixture = upstream_fixture();
     let listener = listener(&fixture.config);
@@ -1287,6 +1288,65 @@ pub fn upstream_request(data: &[u8]) {
             "TE other than trailers upstream\n{}",
             what()
         );
+    }
+
+    // The native client (plain HTTP/1, a body held whole, no upgrade) writes
+    // the head itself: the same fields, values and body as hyper's, in
+    // whatever order.
+    if held_whole && upgrade.is_none() {
+        let mut native = Vec::new();
+        ginx::forward::write_upstream_request(
+            &mut native,
+            &info,
+            &routed,
+            location,
+            pq.as_str(),
+            UPSTREAM_AUTHORITY,
+            &sent_body,
+        );
+        let native_what = || {
+            format!(
+                "{}\nwritten by the native client {:?}",
+                what(),
+                String::from_utf8_lossy(&native)
+            )
+        };
+        let mut slots = [httparse::EMPTY_HEADER; 512];
+        let mut head = httparse::Request::new(&mut slots);
+        let len = match head.parse(&native) {
+            Ok(httparse::Status::Complete(n)) => n,
+            other => panic!(
+                "no complete native request head ({other:?})\n{}",
+                native_what()
+            ),
+        };
+        assert_eq!(
+            head.method,
+            Some(parts.method.as_str()),
+            "{}",
+            native_what()
+        );
+        if parts.method != Method::CONNECT {
+            assert_eq!(head.path, Some(target.as_str()), "{}", native_what());
+        }
+        let fields = |list: &[httparse::Header<'_>]| {
+            let mut v: Vec<(String, Vec<u8>)> = list
+                .iter()
+                .map(|h| (h.name.to_ascii_lowercase(), h.value.trim_ascii().to_vec()))
+                .collect();
+            v.sort();
+            v
+        };
+        let hyper_fields = {
+            let mut v: Vec<(String, Vec<u8>)> = sent
+                .iter()
+                .map(|(n, v)| (n.clone(), v.trim_ascii().to_vec()))
+                .collect();
+            v.sort();
+            v
+        };
+        assert_eq!(fields(head.headers), hyper_fields, "{}", native_what());
+        assert_eq!(&native[len..], &sent_body[..], "{}", native_what());
     }
 }
 

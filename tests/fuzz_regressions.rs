@@ -1,16 +1,18 @@
 //! Replays the inputs kept under `fuzz/regressions/<target>/` (findings of
-//! the fuzz targets in `fuzz/`, and hand-made cases) through the same
-//! property checks the fuzz targets run. No network: the checks stay in
-//! memory and in temporary directories.
+//! the fuzz targets in `fuzz/`, and hand-made cases) and the fuzzers' seeds
+//! under `fuzz/seeds/<target>/` through the same property checks the fuzz
+//! targets run. No network: the checks stay in memory and in temporary
+//! directories.
 
 #[path = "../fuzz/checks.rs"]
 mod checks;
 
 use std::path::Path;
 
-fn replay(target: &str, check: fn(&[u8])) {
+fn inputs(kind: &str, target: &str) -> Vec<std::path::PathBuf> {
     let dir = Path::new(env!("CARGO_MANIFEST_DIR"))
-        .join("fuzz/regressions")
+        .join("fuzz")
+        .join(kind)
         .join(target);
     let mut files: Vec<_> = std::fs::read_dir(&dir)
         .unwrap_or_else(|e| panic!("{}: {e}", dir.display()))
@@ -18,13 +20,15 @@ fn replay(target: &str, check: fn(&[u8])) {
         .filter(|p| p.is_file())
         .collect();
     files.sort();
-    assert!(
-        !files.is_empty(),
-        "no regression input in {}",
-        dir.display()
-    );
+    assert!(!files.is_empty(), "no input in {}", dir.display());
+    files
+}
+
+fn replay(target: &str, check: fn(&[u8])) {
+    let mut files = inputs("regressions", target);
+    files.extend(inputs("seeds", target));
     for file in files {
-        let data = std::fs::read(&file).expect("read regression input");
+        let data = std::fs::read(&file).expect("read input");
         let outcome = std::panic::catch_unwind(|| check(&data));
         assert!(outcome.is_ok(), "{target}: {} fails", file.display());
     }

@@ -222,50 +222,48 @@ pub struct ResponseFilter<'a> {
     pub keep_trailer: bool,
 }
 
-/// The request line, headers and body as they go up. Content-Length is
-/// written from the body itself (a `proxy_set_header` cannot make the
-/// framing lie); `host` is added when the headers have none.
-pub fn write_request(
-    out: &mut Vec<u8>,
-    method: &Method,
-    target: &str,
-    headers: &HeaderMap,
-    host: Option<&str>,
-    body: &[u8],
-) {
-    // Sized up front: growing by doubling cost more than the writing.
-    let fields: usize = headers
-        .iter()
-        .map(|(n, v)| n.as_str().len() + v.len() + 4)
-        .sum();
-    out.reserve(64 + target.len() + fields + host.map_or(0, str::len) + body.len());
-    out.extend_from_slice(method.as_str().as_bytes());
-    out.push(b' ');
-    out.extend_from_slice(target.as_bytes());
-    out.extend_from_slice(b" HTTP/1.1\r\n");
-    let mut had_length = false;
-    for (name, value) in headers {
-        if name == header::CONTENT_LENGTH || name == header::TRANSFER_ENCODING {
-            had_length |= name == header::CONTENT_LENGTH;
-            continue;
+/// Writes a request head, then its body, into one buffer.
+pub struct HeadWriter<'a> {
+    out: &'a mut Vec<u8>,
+}
+
+impl<'a> HeadWriter<'a> {
+    /// The request line; `room` is what the whole request will take, about.
+    pub fn new(out: &'a mut Vec<u8>, method: &Method, target: &str, room: usize) -> Self {
+        out.reserve(room);
+        out.extend_from_slice(method.as_str().as_bytes());
+        out.push(b' ');
+        if target.starts_with('?') {
+            out.push(b'/'); // as hyper writes an empty path
         }
-        out.extend_from_slice(name.as_str().as_bytes());
-        out.extend_from_slice(b": ");
-        out.extend_from_slice(value.as_bytes());
-        out.extend_from_slice(b"\r\n");
+        out.extend_from_slice(target.as_bytes());
+        out.extend_from_slice(b" HTTP/1.1\r\n");
+        HeadWriter { out }
     }
-    if let (Some(host), false) = (host, headers.contains_key(header::HOST)) {
-        out.extend_from_slice(b"host: ");
-        out.extend_from_slice(host.as_bytes());
-        out.extend_from_slice(b"\r\n");
+
+    /// One field; the caller gives a valid name and value (from a header
+    /// map, or checked).
+    pub fn field(&mut self, name: &str, value: &[u8]) {
+        self.out.extend_from_slice(name.as_bytes());
+        self.out.extend_from_slice(b": ");
+        self.out.extend_from_slice(value);
+        self.out.extend_from_slice(b"\r\n");
     }
-    if !body.is_empty() || had_length {
-        out.extend_from_slice(b"content-length: ");
-        out.extend_from_slice(itoa::Buffer::new().format(body.len()).as_bytes());
-        out.extend_from_slice(b"\r\n");
+
+    /// Content-Length from the body itself (so that no `proxy_set_header`
+    /// can make the framing lie; 0 is written only when the request had
+    /// one), the end of the head, and the body.
+    pub fn finish(self, body: &[u8], had_length: bool) {
+        if !body.is_empty() || had_length {
+            let mut digits = itoa::Buffer::new();
+            let len = digits.format(body.len());
+            self.out.extend_from_slice(b"content-length: ");
+            self.out.extend_from_slice(len.as_bytes());
+            self.out.extend_from_slice(b"\r\n");
+        }
+        self.out.extend_from_slice(b"\r\n");
+        self.out.extend_from_slice(body);
     }
-    out.extend_from_slice(b"\r\n");
-    out.extend_from_slice(body);
 }
 
 /// Send `request` to `addr` over a kept connection of `slot` or a new one,
@@ -932,26 +930,17 @@ mod tests {
 
     #[test]
     fn request_framing_is_written_from_the_body() {
-        let mut headers = HeaderMap::new();
-        headers.insert(header::CONTENT_LENGTH, HeaderValue::from_static("99"));
-        headers.insert(
-            header::TRANSFER_ENCODING,
-            HeaderValue::from_static("chunked"),
-        );
-        headers.insert("x-a", HeaderValue::from_static("1"));
         let mut out = Vec::new();
-        write_request(
-            &mut out,
-            &Method::POST,
-            "/p?q",
-            &headers,
-            Some("10.0.0.1:80"),
-            b"abc",
-        );
+        let mut w = HeadWriter::new(&mut out, &Method::POST, "?q", 10);
+        w.field("x-a", b"1");
+        w.finish(b"abc", false);
         assert_eq!(
             out,
-            b"POST /p?q HTTP/1.1\r\nx-a: 1\r\nhost: 10.0.0.1:80\r\ncontent-length: 3\r\n\r\nabc"
+            b"POST /?q HTTP/1.1\r\nx-a: 1\r\ncontent-length: 3\r\n\r\nabc"
         );
+        let mut out = Vec::new();
+        HeadWriter::new(&mut out, &Method::GET, "/", 10).finish(b"", true);
+        assert_eq!(out, b"GET / HTTP/1.1\r\ncontent-length: 0\r\n\r\n");
     }
 
     fn head(bytes: &[u8], head_request: bool) -> Result<Parsed, Exchanged> {

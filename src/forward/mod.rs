@@ -366,9 +366,15 @@ pub async fn forward(
         }
         headers
     };
-    // The first attempt takes these; a retry builds them again (rare, and
-    // cheaper than cloning on every request).
-    let mut first_headers = Some(build_headers());
+    // Plain HTTP/1 with a body held whole and no upgrade: the native client,
+    // which writes the head itself (write_upstream_request).
+    let native = !pass.https
+        && upstream.protocol == Protocol::Http1
+        && upgrade.is_none()
+        && body.replayable();
+    // For hyper-util: the first attempt takes these; a retry builds them
+    // again (rare, and cheaper than cloning on every request).
+    let mut first_headers = (!native).then(build_headers);
     // A request without a Host (HTTP/1.0) goes to an HTTP/1 server with the
     // server's address as its Host.
     let needs_host = upstream.protocol == Protocol::Http1
@@ -396,11 +402,6 @@ pub async fn forward(
     };
     let idempotent = is_idempotent(info.method);
     let client_trailers = accepts_trailers(info.headers);
-    // Plain HTTP/1 with a body held whole and no upgrade: the native client.
-    let native = !pass.https
-        && upstream.protocol == Protocol::Http1
-        && upgrade.is_none()
-        && body.replayable();
     let filter = h1::ResponseFilter {
         hide: &location.headers.proxy_hide_header,
         keep_trailer: client_trailers,
@@ -429,14 +430,14 @@ pub async fn forward(
         let in_flight = InFlight::new(&peer.state);
         let started = Instant::now();
         let result = if native {
-            let headers = first_headers.take().unwrap_or_else(build_headers);
             wire.clear();
-            h1::write_request(
+            write_upstream_request(
                 &mut wire,
-                info.method,
+                info,
+                routed,
+                location,
                 path_and_query.as_str(),
-                &headers,
-                needs_host.then(|| rt.authorities[i].as_str()),
+                rt.authorities[i].as_str(),
                 body.held(),
             );
             let outgoing = h1::Outgoing {
@@ -834,6 +835,138 @@ pub fn upstream_headers(
         }
     }
     headers
+}
+
+/// The request as the native client sends it: the head [`upstream_headers`]
+/// would build (the same fields and values; order aside), written straight
+/// out rather than through a copy of the client's header map, then the
+/// body. That copy and the inserts into it were a tenth of a small proxied
+/// request's instructions. `fallback_host` (the peer's address) is the Host
+/// of a request that ends up with none. fuzz/checks.rs holds the two to
+/// the same output.
+pub fn write_upstream_request(
+    out: &mut Vec<u8>,
+    info: &RequestInfo<'_>,
+    routed: &Routed<'_>,
+    location: &Location,
+    target: &str,
+    fallback_host: &str,
+    body: &[u8],
+) {
+    let client = info.headers;
+    // proxy_set_header first: a value replaces the client's field, "" removes
+    // it, and a value that is not a valid field value changes nothing.
+    let set: Vec<(&HeaderName, Vec<u8>)> = if location.headers.proxy_set_header.is_empty() {
+        Vec::new()
+    } else {
+        let ctx = routed.var_context(info);
+        location
+            .headers
+            .proxy_set_header
+            .iter()
+            .map(|(name, template)| (name, ctx.expand(template)))
+            .filter(|(_, v)| v.iter().all(|&b| (b >= 0x20 && b != 0x7f) || b == b'\t'))
+            .collect()
+    };
+    let is_set = |name: &HeaderName| set.iter().any(|(n, _)| *n == name);
+    let cleaning = client
+        .keys()
+        .any(|k| HOP_BY_HOP.contains(k) || k == header::EXPECT || k.as_str().contains('_'));
+    let options = match cleaning {
+        true => connection_options(client),
+        false => Vec::new(),
+    };
+    let room: usize = client
+        .iter()
+        .map(|(n, v)| n.as_str().len() + v.len() + 4)
+        .chain(set.iter().map(|(n, v)| n.as_str().len() + v.len() + 4))
+        .sum();
+    let mut w = h1::HeadWriter::new(out, info.method, target, room + 192 + body.len());
+    let mut had_length = false;
+    for (name, value) in client {
+        if name == header::CONTENT_LENGTH {
+            had_length = !(cleaning && options.contains(name)) && !is_set(name);
+            continue;
+        }
+        let dropped = (cleaning
+            && (HOP_BY_HOP.contains(name)
+                || options.contains(name)
+                || name == header::EXPECT
+                || name.as_str().contains('_')))
+            || name == header::TRANSFER_ENCODING
+            || name == header::HOST
+            || *name == X_FORWARDED_FOR
+            || *name == X_FORWARDED_PROTO
+            || *name == X_FORWARDED_HOST
+            || is_set(name);
+        if !dropped {
+            w.field(name.as_str(), value.as_bytes());
+        }
+    }
+    // Host: an absolute-form target's authority, else the client's Host,
+    // else HTTP/2's :authority.
+    let absolute = matches!(
+        info.version,
+        http::Version::HTTP_11 | http::Version::HTTP_10
+    )
+    .then(|| info.uri.authority())
+    .flatten();
+    let mut host_written = false;
+    let first_host: Option<&[u8]> = match absolute {
+        Some(a) => Some(a.as_str().as_bytes()),
+        None => client
+            .get(header::HOST)
+            .map(HeaderValue::as_bytes)
+            .or_else(|| info.uri.authority().map(|a| a.as_str().as_bytes())),
+    };
+    if !is_set(&header::HOST) {
+        match (absolute, client.contains_key(header::HOST)) {
+            (None, true) => {
+                for v in client.get_all(header::HOST) {
+                    w.field("host", v.as_bytes());
+                }
+            }
+            _ => {
+                if let Some(h) = first_host {
+                    w.field("host", h);
+                }
+            }
+        }
+        host_written = first_host.is_some();
+    }
+    if accepts_trailers(client) && !is_set(&header::TE) {
+        w.field("te", b"trailers");
+    }
+    if !is_set(&X_FORWARDED_FOR) {
+        let mut xff = Vec::with_capacity(48);
+        for v in client.get_all(&X_FORWARDED_FOR) {
+            xff.extend_from_slice(v.as_bytes());
+            xff.extend_from_slice(b", ");
+        }
+        write_ip(&mut xff, info.remote.ip());
+        w.field("x-forwarded-for", &xff);
+    }
+    if !is_set(&X_FORWARDED_PROTO) {
+        w.field("x-forwarded-proto", info.scheme().as_bytes());
+    }
+    if let (Some(h), false) = (first_host, is_set(&X_FORWARDED_HOST)) {
+        w.field("x-forwarded-host", h);
+    }
+    for (name, value) in &set {
+        if value.is_empty() {
+            continue; // removed
+        }
+        if **name == header::CONTENT_LENGTH {
+            had_length = true;
+        } else if **name != header::TRANSFER_ENCODING {
+            w.field(name.as_str(), value);
+        }
+        host_written |= **name == header::HOST;
+    }
+    if !host_written {
+        w.field("host", fallback_host.as_bytes());
+    }
+    w.finish(body, had_length);
 }
 
 /// `ip` in its usual text form, appended to `out`; IPv4 by hand, as

@@ -791,6 +791,9 @@ async fn an_invalid_chunk_size_cuts_the_response() {
         let body: &[u8] = match req.target() {
             "/first" => b"zz\r\nhello\r\n0\r\n\r\n",
             "/second" => b"5\r\nhello\r\nzz\r\nworld\r\n0\r\n\r\n",
+            // Hex digits then junk: not a size either (a parser that takes
+            // the leading digits would pass the rest off as complete).
+            "/third" => b"5zz\r\nhello\r\n0\r\n\r\n",
             _ => return vec![write(ok(&whoami(req), ""))],
         };
         let mut reply = b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n".to_vec();
@@ -800,7 +803,7 @@ async fn an_invalid_chunk_size_cuts_the_response() {
     .await;
     let gw = gateway(up.addr, "").await;
     let a = gw.addr(0);
-    for (target, conn) in [("/first", 1), ("/second", 2)] {
+    for (target, conn) in [("/first", 1), ("/second", 2), ("/third", 3)] {
         let r = fetch(a, "GET", target).await;
         // Either nothing of it (502) or a 200 whose body never completes.
         assert!(
@@ -866,8 +869,11 @@ async fn a_response_head_over_64_kib_is_a_502() {
 #[tokio::test]
 async fn switching_protocols_unasked_is_a_502() {
     let up = raw_upstream(|req| match req.target() {
+        // What follows a 101 is the new protocol, even if it looks like an
+        // HTTP response: the 101 is not an interim head to skip.
         "/switch" => vec![write(
-            b"HTTP/1.1 101 Switching Protocols\r\nConnection: upgrade\r\nUpgrade: websocket\r\n\r\nraw bytes",
+            b"HTTP/1.1 101 Switching Protocols\r\nConnection: upgrade\r\nUpgrade: websocket\r\n\r\n\
+              HTTP/1.1 200 OK\r\nContent-Length: 9\r\n\r\nraw bytes",
         )],
         _ => vec![write(ok(&whoami(req), ""))],
     })

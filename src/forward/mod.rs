@@ -885,7 +885,7 @@ pub fn write_upstream_request(
     let mut had_length = false;
     for (name, value) in client {
         if name == header::CONTENT_LENGTH {
-            had_length = !(cleaning && options.contains(name)) && !is_set(name);
+            had_length = !(is_set(name) || cleaning && options.contains(name));
             continue;
         }
         let dropped = (cleaning

@@ -404,6 +404,13 @@ fn interim_script(req: &Req) -> Vec<Step> {
         &format!("final body {}", req.body.len()),
         "X-Final: yes\r\n",
     );
+    if req.target() == "/trickle" {
+        // Everything in pieces of 7 bytes: heads parsed from partial reads.
+        let mut all = hints.to_vec();
+        all.extend_from_slice(cont);
+        all.extend_from_slice(&last);
+        return all.chunks(7).flat_map(|c| [write(c), pause(1)]).collect();
+    }
     if req.target() == "/split" {
         // Each head in its own write: the client reads again after each 1xx.
         vec![write(hints), pause(20), write(cont), pause(20), write(last)]
@@ -421,7 +428,7 @@ async fn interim_1xx_heads_are_skipped_and_the_final_response_arrives_exactly() 
     let up = raw_upstream(interim_script).await;
     let gw = gateway(up.addr, "").await;
     let a = gw.addr(0);
-    for target in ["/split", "/together"] {
+    for target in ["/split", "/together", "/trickle"] {
         let r = fetch(a, "GET", target).await;
         assert_eq!(r.status, 200, "{target}: {r:?}");
         assert_eq!(r.text(), "final body 0", "{target}");
@@ -444,7 +451,7 @@ async fn interim_1xx_heads_are_skipped_and_the_final_response_arrives_exactly() 
     assert_eq!((r.status, r.text().as_str()), (200, "final body 3"));
     // The final body ended where its length said: the connection was kept
     // and carried every request.
-    assert_eq!(up.requests(), 3);
+    assert_eq!(up.requests(), 4);
     assert_eq!(up.accepted(), 1, "the connection was not reused after 1xx");
     gw.stop().await;
 }
@@ -467,13 +474,15 @@ async fn content_length_responses_reuse_one_connection() {
 
 #[tokio::test]
 async fn bodiless_responses_leave_the_connection_reusable() {
-    // HEAD (with a Content-Length of the body it does not send), 204 and
-    // 304 have no body: the next response must be read from the next byte.
+    // HEAD (with a Content-Length of the body it does not send), 204, 304
+    // and Content-Length: 0 have no body: the next response must be read
+    // from the next byte.
     let up = raw_upstream(|req| {
         let reply = match (req.method(), req.target()) {
             ("HEAD", _) => b"HTTP/1.1 200 OK\r\nContent-Length: 10\r\n\r\n".to_vec(),
             (_, "/204") => b"HTTP/1.1 204 No Content\r\n\r\n".to_vec(),
             (_, "/304") => b"HTTP/1.1 304 Not Modified\r\nETag: \"e\"\r\n\r\n".to_vec(),
+            (_, "/empty") => ok("", ""),
             _ => ok(&whoami(req), ""),
         };
         vec![write(reply)]
@@ -487,8 +496,10 @@ async fn bodiless_responses_leave_the_connection_reusable() {
     assert!(r.complete, "{r:?}");
     assert_eq!(fetch(a, "GET", "/204").await.status, 204);
     assert_eq!(fetch(a, "GET", "/304").await.status, 304);
+    let r = fetch(a, "GET", "/empty").await;
+    assert_eq!((r.status, r.body.len(), r.complete), (200, 0, true));
     let r = fetch(a, "GET", "/after").await;
-    assert_eq!(r.text(), "conn=1 nth=4 GET /after");
+    assert_eq!(r.text(), "conn=1 nth=5 GET /after");
     assert_eq!(up.accepted(), 1);
     gw.stop().await;
 }
@@ -642,6 +653,80 @@ async fn bytes_after_a_content_length_body_make_the_connection_unusable() {
     gw.stop().await;
 }
 
+#[tokio::test]
+async fn a_body_after_a_204_and_a_doubly_framed_response_are_not_reused() {
+    let up = raw_upstream(|req| {
+        let reply: Vec<u8> = match req.target() {
+            // A 204 has no body, whatever follows it.
+            "/204" => b"HTTP/1.1 204 No Content\r\nContent-Length: 5\r\n\r\nhello".to_vec(),
+            // Both framings: read as chunked (RFC 9112 6.3), then closed.
+            "/both" => {
+                b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\nContent-Length: 3\r\n\r\n\
+                         5\r\nhello\r\n0\r\n\r\n"
+                    .to_vec()
+            }
+            _ => ok(&whoami(req), ""),
+        };
+        vec![write(reply)]
+    })
+    .await;
+    let gw = gateway(up.addr, "").await;
+    let a = gw.addr(0);
+    let r = fetch(a, "GET", "/204").await;
+    assert_eq!(r.status, 204);
+    assert!(r.complete, "a 204 got a body: {r:?}");
+    assert_eq!(fetch(a, "GET", "/n").await.text(), "conn=2 nth=1 GET /n");
+    let r = fetch(a, "GET", "/both").await;
+    assert_eq!((r.status, r.text().as_str()), (200, "hello"));
+    assert!(r.complete, "{r:?}");
+    assert_eq!(r.header("content-length"), None, "{r:?}");
+    // /both went on the kept connection 2, which is then not kept.
+    assert_eq!(fetch(a, "GET", "/n").await.text(), "conn=3 nth=1 GET /n");
+    gw.stop().await;
+}
+
+#[tokio::test]
+async fn keepalive_caps_the_idle_connections_kept() {
+    let mut up = raw_upstream(|req| match req.target() {
+        "/slow" => vec![pause(200), write(ok(&whoami(req), ""))],
+        _ => vec![write(ok(&whoami(req), ""))],
+    })
+    .await;
+    let gw = gateway(up.addr, "keepalive: 2").await;
+    let a = gw.addr(0);
+    // Four at once: four connections.
+    let mut all = tokio::task::JoinSet::new();
+    for _ in 0..4 {
+        all.spawn(async move { fetch(a, "GET", "/slow").await });
+    }
+    while let Some(r) = all.join_next().await {
+        assert_eq!(r.unwrap().status, 200);
+    }
+    assert_eq!(up.accepted(), 4);
+    // Two of them are kept, the other two closed by ginx at once.
+    for _ in 0..2 {
+        tokio::time::timeout(Duration::from_secs(2), up.idle_closes.recv())
+            .await
+            .expect("more idle connections kept than keepalive allows");
+    }
+    assert!(
+        tokio::time::timeout(Duration::from_millis(200), up.idle_closes.recv())
+            .await
+            .is_err(),
+        "fewer idle connections kept than keepalive allows"
+    );
+    // The two kept ones carry the next requests.
+    for _ in 0..4 {
+        let r = fetch(a, "GET", "/fast").await;
+        assert!(
+            r.text().ends_with("GET /fast") && !r.text().contains("nth=1"),
+            "{r:?}"
+        );
+    }
+    assert_eq!(up.accepted(), 4);
+    gw.stop().await;
+}
+
 // ---------------------------------------------------------------------------
 // 3. Kept connections that the server closed.
 
@@ -782,6 +867,30 @@ async fn chunk_extensions_are_ignored_and_the_body_ends_exactly() {
     assert!(r.complete, "{r:?}");
     // The last chunk ended the first body: the connection was reused.
     assert_eq!(up.accepted(), 1);
+    gw.stop().await;
+}
+
+/// A chunk-size line may have any number of leading zeros (RFC 9112 7.1,
+/// `chunk-size = 1*HEXDIG`); nginx and hyper accept them, and so does ginx
+/// (it once refused more than 15 digits and cut the body).
+#[tokio::test]
+async fn chunk_sizes_with_leading_zeros_are_valid() {
+    let up = raw_upstream(|req| {
+        let body: &[u8] = match req.target() {
+            "/size" => b"0000000000000005\r\nhello\r\n0\r\n\r\n",
+            _ => b"5\r\nhello\r\n00000000000000000\r\n\r\n",
+        };
+        let mut reply = b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n".to_vec();
+        reply.extend_from_slice(body);
+        vec![write(reply)]
+    })
+    .await;
+    let gw = gateway(up.addr, "").await;
+    for target in ["/size", "/last"] {
+        let r = fetch(gw.addr(0), "GET", target).await;
+        assert_eq!(r.status, 200, "{target}");
+        assert!(r.complete && r.text() == "hello", "{target}: {r:?}");
+    }
     gw.stop().await;
 }
 

@@ -856,12 +856,13 @@ fn find_line(buf: &[u8]) -> Option<(&[u8], usize)> {
 fn parse_chunk_size(line: &[u8]) -> Option<u64> {
     let end = memchr::memchr(b';', line).unwrap_or(line.len());
     let digits = line[..end].trim_ascii();
-    if digits.is_empty() || digits.len() > 15 {
+    if digits.is_empty() {
         return None;
     }
+    // Any number of digits (leading zeros are valid), but a value that fits.
     digits.iter().try_fold(0u64, |n, &d| {
         let v = (d as char).to_digit(16)?;
-        Some(n * 16 + u64::from(v))
+        n.checked_mul(16)?.checked_add(u64::from(v))
     })
 }
 
@@ -922,7 +923,8 @@ mod tests {
             parse_chunk_size(b"FFFFFFFFFFFFFFF"),
             Some(0xFFF_FFFF_FFFF_FFFF)
         );
-        assert_eq!(parse_chunk_size(b"1000000000000000"), None);
+        assert_eq!(parse_chunk_size(b"00000000000000000005"), Some(5));
+        assert_eq!(parse_chunk_size(b"10000000000000000"), None);
         assert_eq!(parse_chunk_size(b""), None);
         assert_eq!(parse_chunk_size(b"-1"), None);
         assert_eq!(parse_chunk_size(b"0x10"), None);

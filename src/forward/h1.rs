@@ -37,12 +37,13 @@ pub const MAX_HEAD: usize = 64 * 1024;
 const MAX_HEADERS: usize = 100;
 /// A chunk-size line longer than this (extensions included) is refused.
 const MAX_CHUNK_LINE: usize = 4096;
-/// Reads of the body start at this size and double, while they fill, up to
-/// MAX_READ: few reads for a large body, small buffers for a small one.
-const FIRST_READ: usize = 16 * 1024;
+/// Reads on a connection start at MIN_READ and adapt, as hyper's do: a read
+/// that fills what it asked for doubles the next (up to MAX_READ), one that
+/// brings less than a quarter halves it. So a connection that carries 16 KiB
+/// responses reads each, head and body, in one call, a large body goes in
+/// few reads, and small responses keep small buffers.
+const MIN_READ: usize = 8 * 1024;
 const MAX_READ: usize = 256 * 1024;
-/// The first read of a response: head and, usually, a small body.
-const HEAD_READ: usize = 8 * 1024;
 /// How often idle connections are looked over for expiry and closes.
 const SWEEP_EVERY: Duration = Duration::from_secs(1);
 
@@ -71,6 +72,8 @@ struct Conn {
     stream: TcpStream,
     /// Read but not yet consumed; empty whenever the connection is idle.
     buf: BytesMut,
+    /// How much the next full-size read asks for (see MIN_READ).
+    read_size: usize,
 }
 
 impl Conn {
@@ -90,13 +93,28 @@ impl Conn {
         }
     }
 
-    /// Read more into `buf`, making room for `want` bytes first (a read
-    /// takes what the spare room holds, which may be more).
-    fn poll_fill(&mut self, cx: &mut Context<'_>, want: usize) -> Poll<io::Result<usize>> {
+    /// Read more into `buf`: up to `limit` bytes are wanted (what is left of
+    /// a body, or anything), and room is made for `read_size` of them (a
+    /// read takes what the spare room holds, which may be more).
+    fn poll_fill(&mut self, cx: &mut Context<'_>, limit: u64) -> Poll<io::Result<usize>> {
+        let full = self.read_size as u64 <= limit;
+        let want = usize::try_from(limit)
+            .unwrap_or(usize::MAX)
+            .clamp(1, self.read_size);
         if self.buf.capacity() - self.buf.len() < want {
             self.buf.reserve(want);
         }
-        tokio_util::io::poll_read_buf(Pin::new(&mut self.stream), cx, &mut self.buf)
+        let n = std::task::ready!(tokio_util::io::poll_read_buf(
+            Pin::new(&mut self.stream),
+            cx,
+            &mut self.buf
+        ))?;
+        if full && n >= self.read_size {
+            self.read_size = (self.read_size * 2).min(MAX_READ);
+        } else if full && n < self.read_size / 4 {
+            self.read_size = (self.read_size / 2).max(MIN_READ);
+        }
+        Poll::Ready(Ok(n))
     }
 }
 
@@ -336,6 +354,7 @@ async fn connect(addr: SocketAddr, limit: Duration) -> Result<Conn, Failure> {
     Ok(Conn {
         stream,
         buf: BytesMut::new(),
+        read_size: MIN_READ,
     })
 }
 
@@ -422,7 +441,7 @@ async fn read_head(
                 return Err(failed(FailureKind::Error, "upstream sent too big a header"));
             }
         }
-        let read = std::future::poll_fn(|cx| conn.poll_fill(cx, HEAD_READ)).await;
+        let read = std::future::poll_fn(|cx| conn.poll_fill(cx, u64::MAX)).await;
         match read {
             Ok(0) if !received => {
                 return Err(Exchanged::Nothing(io::ErrorKind::UnexpectedEof.into()))
@@ -483,6 +502,10 @@ fn parse_head(
         let mut headers = [httparse::EMPTY_HEADER; MAX_HEADERS];
         let mut response = httparse::Response::new(&mut headers);
         let len = match response.parse(&buf[..]) {
+            // A read may bring more than MAX_HEAD at once: the limit is on the head.
+            Ok(httparse::Status::Complete(len)) if len > MAX_HEAD => {
+                return Err(invalid("upstream sent too big a header"))
+            }
             Ok(httparse::Status::Complete(len)) => len,
             Ok(httparse::Status::Partial) => return Ok(Parsed::Partial),
             Err(httparse::Error::TooManyHeaders) => {
@@ -654,12 +677,19 @@ fn answer(
         conn: Some(conn),
         state: State::UntilClose,
         home: head.reusable.then(|| (pool.clone(), slot)),
-        read_size: FIRST_READ,
+        early: None,
     };
-    if state == State::Done {
-        body.finish();
-    } else {
-        body.state = state;
+    match state {
+        State::Done => body.finish(),
+        // The whole body came with the head (the usual small response): the
+        // connection goes back now rather than when the client side has
+        // sent the body on. Under HTTP/2 with many streams that wait was
+        // long enough to need more connections than `keepalive` keeps.
+        State::Length(n) if body.buffered().len() as u64 >= n => {
+            body.early = Some(body.data(n));
+            body.finish();
+        }
+        _ => body.state = state,
     }
     (head.parts, body)
 }
@@ -688,7 +718,8 @@ pub struct ResponseBody {
     state: State,
     /// Where the connection goes when the body is done, if it may be reused.
     home: Option<(Arc<Pool>, usize)>,
-    read_size: usize,
+    /// A body read whole with its head, still to be handed on.
+    early: Option<Bytes>,
 }
 
 type Polled = Poll<Option<Result<Frame<Bytes>, super::BoxError>>>;
@@ -726,18 +757,12 @@ impl ResponseBody {
     }
 
     /// Read more; Ready(Ok(false)) when the server closed the connection.
-    fn poll_more(&mut self, cx: &mut Context<'_>, want: u64) -> Poll<io::Result<bool>> {
+    fn poll_more(&mut self, cx: &mut Context<'_>, limit: u64) -> Poll<io::Result<bool>> {
         let conn = self
             .conn
             .as_mut()
             .expect("a body being read has its connection");
-        let want = usize::try_from(want)
-            .unwrap_or(usize::MAX)
-            .clamp(1, self.read_size);
-        let n = std::task::ready!(conn.poll_fill(cx, want))?;
-        if n >= self.read_size && self.read_size < MAX_READ {
-            self.read_size *= 2;
-        }
+        let n = std::task::ready!(conn.poll_fill(cx, limit))?;
         Poll::Ready(Ok(n > 0))
     }
 
@@ -753,6 +778,9 @@ impl ResponseBody {
     }
 
     fn poll_body(&mut self, cx: &mut Context<'_>) -> Polled {
+        if let Some(data) = self.early.take() {
+            return Poll::Ready(Some(Ok(Frame::data(data))));
+        }
         loop {
             let have = self.buffered().len();
             match self.state {
@@ -826,7 +854,7 @@ impl ResponseBody {
             // Not enough is buffered for the next step: read.
             let want = match self.state {
                 State::Length(left) | State::ChunkData(left) => left,
-                _ => self.read_size as u64,
+                _ => u64::MAX,
             };
             match std::task::ready!(self.poll_more(cx, want)) {
                 Ok(true) => {}
@@ -898,12 +926,12 @@ impl Body for ResponseBody {
     }
 
     fn is_end_stream(&self) -> bool {
-        self.state == State::Done
+        self.state == State::Done && self.early.is_none()
     }
 
     fn size_hint(&self) -> SizeHint {
         match self.state {
-            State::Done => SizeHint::with_exact(0),
+            State::Done => SizeHint::with_exact(self.early.as_ref().map_or(0, |d| d.len() as u64)),
             State::Length(n) => SizeHint::with_exact(n),
             _ => SizeHint::default(),
         }

@@ -16,7 +16,7 @@
 //! is held whole (none, or buffered) and no upgrade is asked; a streamed
 //! request body, an upgrade, TLS and HTTP/2 upstreams go through hyper-util.
 
-use super::{Failure, FailureKind, HOP_BY_HOP};
+use super::{hidden_response_header, Failure, FailureKind};
 use bytes::{Bytes, BytesMut};
 use http::header::{self, HeaderMap, HeaderName, HeaderValue};
 use http::{Method, StatusCode, Version};
@@ -262,9 +262,14 @@ impl<'a> HeadWriter<'a> {
     /// One field; the caller gives a valid name and value (from a header
     /// map, or checked).
     pub fn field(&mut self, name: &str, value: &[u8]) {
+        self.field_with(name, |out| out.extend_from_slice(value));
+    }
+
+    /// One field whose value `value` writes in place (no buffer of its own).
+    pub fn field_with(&mut self, name: &str, value: impl FnOnce(&mut Vec<u8>)) {
         self.out.extend_from_slice(name.as_bytes());
         self.out.extend_from_slice(b": ");
-        self.out.extend_from_slice(value);
+        value(self.out);
         self.out.extend_from_slice(b"\r\n");
     }
 
@@ -559,11 +564,8 @@ fn parse_head(
     for &(ns, ne, vs, ve) in &spans[..count] {
         let name = HeaderName::from_bytes(&head[ns as usize..ne as usize])
             .map_err(|_| invalid("upstream sent an invalid header name"))?;
-        let dropped = (HOP_BY_HOP.contains(&name)
+        let dropped = (hidden_response_header(&name, filter.hide)
             && !(filter.keep_trailer && name == header::TRAILER))
-            || name == header::SERVER
-            || name == header::DATE
-            || filter.hide.contains(&name)
             || options.contains(&name)
             || (name == header::CONTENT_LENGTH && fields.chunked.is_some());
         if dropped {
@@ -675,7 +677,7 @@ fn answer(
     };
     let mut body = ResponseBody {
         conn: Some(conn),
-        state: State::UntilClose,
+        state,
         home: head.reusable.then(|| (pool.clone(), slot)),
         early: None,
     };
@@ -689,7 +691,7 @@ fn answer(
             body.early = Some(body.data(n));
             body.finish();
         }
-        _ => body.state = state,
+        _ => {}
     }
     (head.parts, body)
 }

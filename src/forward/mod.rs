@@ -482,23 +482,27 @@ pub async fn forward(
                     request.headers_mut().insert(header::HOST, host);
                 }
             }
-            let client = match (&rt.tls_client, pass.https) {
-                (_, false) => Either::Plain(&rt.client),
-                (Some(tls), true) => Either::Tls(tls),
+            let progress = progress.as_deref();
+            let sent = match (&rt.tls_client, pass.https) {
+                (_, false) => {
+                    send(
+                        &rt.client,
+                        request,
+                        started,
+                        progress,
+                        send_timeout,
+                        read_timeout,
+                    )
+                    .await
+                }
+                (Some(tls), true) => {
+                    send(tls, request, started, progress, send_timeout, read_timeout).await
+                }
                 (None, true) => {
                     return Err(ForwardError::new(
                         StatusCode::BAD_GATEWAY,
                         format!("upstream {:?} has no usable TLS settings", upstream.name),
                     ))
-                }
-            };
-            let progress = progress.as_deref();
-            let sent = match client {
-                Either::Plain(c) => {
-                    send(c, request, started, progress, send_timeout, read_timeout).await
-                }
-                Either::Tls(c) => {
-                    send(c, request, started, progress, send_timeout, read_timeout).await
                 }
             };
             sent.map(|r| r.map(UpstreamBody::Hyper))
@@ -604,12 +608,6 @@ impl Drop for InFlight {
     fn drop(&mut self) {
         self.0.in_flight.fetch_sub(1, Relaxed);
     }
-}
-
-/// The pooled client a request goes through when not the native one.
-enum Either<'a> {
-    Plain(&'a UpstreamClient),
-    Tls(&'a TlsUpstreamClient),
 }
 
 #[derive(Debug, PartialEq, Eq)]
@@ -722,9 +720,7 @@ fn clean_response_headers(headers: &mut HeaderMap, location: &Location) {
     let hide = &location.headers.proxy_hide_header;
     let mut doomed: Vec<HeaderName> = headers
         .keys()
-        .filter(|k| {
-            HOP_BY_HOP.contains(k) || *k == header::SERVER || *k == header::DATE || hide.contains(k)
-        })
+        .filter(|k| hidden_response_header(k, hide))
         .cloned()
         .collect();
     if doomed.contains(&header::CONNECTION) {
@@ -733,6 +729,16 @@ fn clean_response_headers(headers: &mut HeaderMap, location: &Location) {
     for name in doomed {
         headers.remove(name);
     }
+}
+
+/// A response header the client never gets from the upstream: hop-by-hop,
+/// Server and Date (ginx sends its own), or named by `proxy_hide_header`.
+/// The fields a Connection header names are dropped too, by the callers.
+fn hidden_response_header(name: &HeaderName, hide: &[HeaderName]) -> bool {
+    HOP_BY_HOP.contains(name)
+        || *name == header::SERVER
+        || *name == header::DATE
+        || hide.contains(name)
 }
 
 static X_FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for");
@@ -938,13 +944,13 @@ pub fn write_upstream_request(
         w.field("te", b"trailers");
     }
     if !is_set(&X_FORWARDED_FOR) {
-        let mut xff = Vec::with_capacity(48);
-        for v in client.get_all(&X_FORWARDED_FOR) {
-            xff.extend_from_slice(v.as_bytes());
-            xff.extend_from_slice(b", ");
-        }
-        write_ip(&mut xff, info.remote.ip());
-        w.field("x-forwarded-for", &xff);
+        w.field_with("x-forwarded-for", |out| {
+            for v in client.get_all(&X_FORWARDED_FOR) {
+                out.extend_from_slice(v.as_bytes());
+                out.extend_from_slice(b", ");
+            }
+            write_ip(out, info.remote.ip());
+        });
     }
     if !is_set(&X_FORWARDED_PROTO) {
         w.field("x-forwarded-proto", info.scheme().as_bytes());

@@ -25,6 +25,7 @@
 
 pub mod access_log;
 pub mod admin;
+pub mod alloc;
 pub mod balance;
 pub mod compile;
 pub mod config;

@@ -49,9 +49,10 @@ enum Command {
 }
 
 // mimalloc: glibc's malloc showed as 5% of a proxied request's CPU time;
-// mimalloc's thread-local free lists make small allocations cheap.
+// mimalloc's thread-local free lists make small allocations cheap (see
+// src/alloc.rs for why not the mimalloc crate's own wrapper).
 #[global_allocator]
-static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+static ALLOCATOR: ginx::alloc::MiMalloc = ginx::alloc::MiMalloc;
 
 fn default_config_path() -> PathBuf {
     let local = PathBuf::from("ginx.yaml");

@@ -450,7 +450,7 @@ async fn drive<I>(
     let service = {
         let state = state.clone();
         hyper::service::service_fn(move |req| {
-            handle_request(shared.clone(), state.clone(), info, req)
+            Box::pin(handle_request(shared.clone(), state.clone(), info, req))
         })
     };
     let read_buffer = read_buffer_size(&limits, info.tls);
@@ -503,7 +503,7 @@ async fn drive_http1(
         let shared = shared.clone();
         let state = state.clone();
         hyper::service::service_fn(move |req| {
-            handle_request(shared.clone(), state.clone(), info, req)
+            Box::pin(handle_request(shared.clone(), state.clone(), info, req))
         })
     };
     let read_buffer = read_buffer_size(&limits, false);
@@ -758,16 +758,21 @@ impl std::fmt::Display for CloseWithoutAnswer {
 impl std::error::Error for CloseWithoutAnswer {}
 
 /// One request, start to end, on the generation current when it arrived.
+///
+/// Its future is boxed by the callers (the service functions): hyper moves
+/// a request's future several times (into its dispatcher, and for HTTP/2 into
+/// a task of its own), and a box makes each move 8 bytes instead of the few
+/// KiB that forwarding needs; it also means a connection between requests
+/// holds no room for one.
 async fn handle_request(
     shared: Arc<Shared>,
     state: Arc<ConnState>,
     info: ConnInfo,
-    req: Request<Incoming>,
+    mut req: Request<Incoming>,
 ) -> Result<Response<ResponseBody>, CloseWithoutAnswer> {
     let started = Instant::now();
     let (in_flight, request_number) = body::FinishGuard::start(state.clone());
     let generation = shared.current();
-    let mut req = req;
     // An upgrade request (WebSocket) keeps its hook for after the 101.
     let upgrade = forward::wants_upgrade(req.headers()).then(|| hyper::upgrade::on(&mut req));
     let (parts, body) = req.into_parts();
@@ -880,9 +885,8 @@ async fn respond(
                 break 'proxy respond::page(status, settings.server_tokens);
             }
             let mut report = UpstreamReport::default();
-            // Boxed: hyper keeps room for this handler's future on every
-            // connection, idle ones included; forwarding's state is most of it.
-            let result = Box::pin(forward::forward(
+            // Not boxed on its own: the whole handler's future is.
+            let result = forward::forward(
                 &generation.upstreams,
                 &routed,
                 &info,
@@ -890,7 +894,7 @@ async fn respond(
                 upgrade,
                 uri,
                 &mut report,
-            ))
+            )
             .await;
             if let (Some(t), Some(rt)) = (
                 report.response_time,

@@ -45,6 +45,9 @@ const MAX_CHUNK_LINE: usize = 4096;
 /// few reads, and small responses keep small buffers.
 const MIN_READ: usize = 8 * 1024;
 const MAX_READ: usize = 256 * 1024;
+/// An idle connection keeps a read buffer up to this size (so 16 KiB
+/// responses reuse theirs); a larger one is let go when it goes idle.
+const KEEP_IDLE_BUFFER: usize = 64 * 1024;
 /// How often idle connections are looked over for expiry and closes.
 const SWEEP_EVERY: Duration = Duration::from_secs(1);
 /// Idle connections beyond `keepalive` are closed once idle this long, not
@@ -169,9 +172,15 @@ impl Pool {
 
     /// Keep `conn` for the next request to `slot`. Past `max_idle`, it is
     /// kept too, for SURPLUS_IDLE, in case the next burst needs it.
-    fn put(self: &Arc<Self>, slot: usize, conn: Conn) {
+    fn put(self: &Arc<Self>, slot: usize, mut conn: Conn) {
         if self.max_idle == 0 {
             return;
+        }
+        if conn.read_size > KEEP_IDLE_BUFFER || conn.buf.capacity() > KEEP_IDLE_BUFFER {
+            // Large bodies grew the reads (up to MAX_READ), and the empty
+            // rest of the buffer still holds all of it: an idle connection
+            // does not keep that much; its next read allocates.
+            conn.buf = BytesMut::new();
         }
         let now = Instant::now();
         let mut oldest = None;
@@ -967,6 +976,31 @@ impl Body for ResponseBody {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[tokio::test]
+    async fn an_idle_connection_keeps_a_small_read_buffer_and_lets_a_large_one_go() {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let mut ends = Vec::new();
+        let pool = Pool::new(4, Duration::from_secs(60), Duration::from_secs(1));
+        for (slot, read_size) in [(0, MIN_READ), (1, MAX_READ)] {
+            let stream = TcpStream::connect(addr).await.unwrap();
+            ends.push(listener.accept().await.unwrap().0);
+            let buf = BytesMut::with_capacity(read_size);
+            pool.put(
+                slot,
+                Conn {
+                    stream,
+                    buf,
+                    read_size,
+                },
+            );
+        }
+        let small = pool.take(0).expect("kept");
+        assert!(small.buf.capacity() >= MIN_READ, "a small buffer is reused");
+        let large = pool.take(1).expect("kept");
+        assert_eq!(large.buf.capacity(), 0, "a large buffer is not kept idle");
+    }
 
     #[test]
     fn chunk_sizes() {

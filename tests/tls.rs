@@ -644,3 +644,134 @@ servers:
     assert_eq!(seen, vec![der(&rsa), der(&ec)]);
     gw.stop().await;
 }
+
+/// An HTTPS upstream written by hand: it counts the connections it accepts
+/// and answers each request with its connection's number and method; with
+/// `close_idle`, it ends a connection (close_notify, then FIN) once it has
+/// been idle that long after an answer.
+async fn counting_tls_upstream(
+    pki: &Pki,
+    close_idle: Option<std::time::Duration>,
+) -> (std::net::SocketAddr, Arc<std::sync::atomic::AtomicUsize>) {
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    let (cert_pem, key_pem, _) = pki.leaf(&["count.test"], &rcgen::PKCS_ECDSA_P256_SHA256);
+    let chain: Vec<CertificateDer<'static>> =
+        rustls::pki_types::pem::PemObject::pem_slice_iter(cert_pem.as_bytes())
+            .collect::<Result<_, _>>()
+            .unwrap();
+    let key: rustls::pki_types::PrivateKeyDer<'static> =
+        rustls::pki_types::pem::PemObject::from_pem_slice(key_pem.as_bytes()).unwrap();
+    let config = rustls::ServerConfig::builder_with_provider(Arc::new(
+        rustls::crypto::ring::default_provider(),
+    ))
+    .with_safe_default_protocol_versions()
+    .unwrap()
+    .with_no_client_auth()
+    .with_single_cert(chain, key)
+    .unwrap();
+    let acceptor = tokio_rustls::TlsAcceptor::from(Arc::new(config));
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let accepted = Arc::new(AtomicUsize::new(0));
+    let count = accepted.clone();
+    tokio::spawn(async move {
+        loop {
+            let Ok((tcp, _)) = listener.accept().await else {
+                continue;
+            };
+            let n = count.fetch_add(1, Ordering::SeqCst) + 1;
+            let acceptor = acceptor.clone();
+            tokio::spawn(async move {
+                let Ok(mut tls) = acceptor.accept(tcp).await else {
+                    return;
+                };
+                let mut pending = Vec::new();
+                for _ in 0..1000 {
+                    // One request head (these tests send no bodies).
+                    let end = loop {
+                        if let Some(i) = pending.windows(4).position(|w| w == b"\r\n\r\n") {
+                            break i + 4;
+                        }
+                        let mut chunk = [0u8; 4096];
+                        let read = match close_idle {
+                            Some(idle) if pending.is_empty() => {
+                                match tokio::time::timeout(idle, tls.read(&mut chunk)).await {
+                                    Ok(r) => r,
+                                    Err(_) => {
+                                        let _ = tls.shutdown().await;
+                                        return;
+                                    }
+                                }
+                            }
+                            _ => tls.read(&mut chunk).await,
+                        };
+                        match read {
+                            Ok(0) | Err(_) => return,
+                            Ok(k) => pending.extend_from_slice(&chunk[..k]),
+                        }
+                    };
+                    let head = String::from_utf8_lossy(&pending[..end]).to_string();
+                    pending.drain(..end);
+                    let method = head.split(' ').next().unwrap_or("").to_string();
+                    let body = format!("conn={n} {method}");
+                    let answer = format!(
+                        "HTTP/1.1 200 OK\r\ncontent-length: {}\r\n\r\n{body}",
+                        body.len()
+                    );
+                    if tls.write_all(answer.as_bytes()).await.is_err() || tls.flush().await.is_err()
+                    {
+                        return;
+                    }
+                }
+            });
+        }
+    });
+    (addr, accepted)
+}
+
+#[tokio::test]
+async fn tls_upstream_connections_are_kept_and_a_closed_one_is_not_reused() {
+    use std::sync::atomic::Ordering;
+    let pki = Pki::new();
+    let (kept, kept_accepted) = counting_tls_upstream(&pki, None).await;
+    let idle = std::time::Duration::from_millis(100);
+    let (closing, closing_accepted) = counting_tls_upstream(&pki, Some(idle)).await;
+    let yaml = format!(
+        r#"
+upstreams:
+  kept: {{ servers: ["{kept}"], tls: {{ ca: ca.pem, sni: count.test }} }}
+  closing: {{ servers: ["{closing}"], tls: {{ ca: ca.pem, sni: count.test }} }}
+servers:
+  - listen: ["127.0.0.1:{{p0}}"]
+    locations:
+      - {{ location: /kept/, proxy_pass: https://kept }}
+      - {{ location: /closing/, proxy_pass: https://closing }}
+"#
+    );
+    let ca = pki.ca.pem();
+    let gw = common::start(&[("ca.pem", &ca), ("ginx.yaml", &yaml)], 1).await;
+    let a = gw.addr(0);
+    // One TLS connection (one handshake) carries request after request.
+    for _ in 0..10 {
+        assert_eq!(
+            common::answer(a, "x", "/kept/x").await,
+            (200, "conn=1 GET".into())
+        );
+    }
+    assert_eq!(kept_accepted.load(Ordering::SeqCst), 1);
+    // An upstream that ended its idle connection with close_notify: the
+    // kept one is seen to be closed and not used, even for a POST (which
+    // would not be sent again after a failure on it).
+    let r = common::send(a, "POST", "x", "/closing/x", b"").await;
+    let text = |r: &common::Resp| String::from_utf8_lossy(&r.body).to_string();
+    assert_eq!((r.status, text(&r)), (200, "conn=1 POST".to_string()));
+    tokio::time::sleep(idle * 4).await;
+    let r = common::send(a, "POST", "x", "/closing/x", b"").await;
+    assert_eq!(
+        (r.status, text(&r)),
+        (200, "conn=2 POST".to_string()),
+        "a closed TLS connection was reused"
+    );
+    assert_eq!(closing_accepted.load(Ordering::SeqCst), 2);
+    gw.stop().await;
+}

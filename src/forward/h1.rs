@@ -12,9 +12,10 @@
 //! client slows the upstream read, not memory), and the connection goes back
 //! to its peer's idle list when the body is done.
 //!
-//! [`super::forward`] uses it for plain HTTP/1 groups when the request body
-//! is held whole (none, or buffered) and no upgrade is asked; a streamed
-//! request body, an upgrade, TLS and HTTP/2 upstreams go through hyper-util.
+//! [`super::forward`] uses it for HTTP/1 groups, plain or TLS (`https://`,
+//! one pool each), when the request body is held whole (none, or buffered)
+//! and no upgrade is asked; a streamed request body, an upgrade and HTTP/2
+//! upstreams go through hyper-util.
 
 use super::{hidden_response_header, Failure, FailureKind};
 use bytes::{Bytes, BytesMut};
@@ -66,6 +67,8 @@ pub struct Pool {
     max_idle: usize,
     idle_timeout: Duration,
     connect_timeout: Duration,
+    /// Some: every connection of this pool speaks TLS.
+    tls: Option<TlsTarget>,
 }
 
 #[derive(Default)]
@@ -82,8 +85,71 @@ struct Kept {
     since: Instant,
 }
 
+/// Where a pool's connections go: plain TCP, or TLS over it (`https://`)
+/// with the group's client settings and the name verified and sent as SNI.
+#[derive(Clone)]
+pub struct TlsTarget {
+    pub connector: tokio_rustls::TlsConnector,
+    pub name: rustls::pki_types::ServerName<'static>,
+}
+
+/// A connection's transport.
+enum Stream {
+    Plain(TcpStream),
+    Tls(Box<tokio_rustls::client::TlsStream<TcpStream>>),
+}
+
+impl Stream {
+    fn tcp(&self) -> &TcpStream {
+        match self {
+            Stream::Plain(s) => s,
+            Stream::Tls(s) => s.get_ref().0,
+        }
+    }
+}
+
+impl tokio::io::AsyncRead for Stream {
+    fn poll_read(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut tokio::io::ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
+        match self.get_mut() {
+            Stream::Plain(s) => Pin::new(s).poll_read(cx, buf),
+            Stream::Tls(s) => Pin::new(s.as_mut()).poll_read(cx, buf),
+        }
+    }
+}
+
+impl tokio::io::AsyncWrite for Stream {
+    fn poll_write(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<io::Result<usize>> {
+        match self.get_mut() {
+            Stream::Plain(s) => Pin::new(s).poll_write(cx, buf),
+            Stream::Tls(s) => Pin::new(s.as_mut()).poll_write(cx, buf),
+        }
+    }
+
+    fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        match self.get_mut() {
+            Stream::Plain(s) => Pin::new(s).poll_flush(cx),
+            Stream::Tls(s) => Pin::new(s.as_mut()).poll_flush(cx),
+        }
+    }
+
+    fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        match self.get_mut() {
+            Stream::Plain(s) => Pin::new(s).poll_shutdown(cx),
+            Stream::Tls(s) => Pin::new(s.as_mut()).poll_shutdown(cx),
+        }
+    }
+}
+
 struct Conn {
-    stream: TcpStream,
+    stream: Stream,
     /// Read but not yet consumed; empty whenever the connection is idle.
     buf: BytesMut,
     /// How much the next full-size read asks for (see MIN_READ).
@@ -94,16 +160,31 @@ impl Conn {
     /// Nothing came from the server while the connection was idle: no close,
     /// no stray bytes. Costs no system call unless tokio saw it readable.
     fn is_quiet(&self) -> bool {
+        if let Stream::Tls(tls) = &self.stream {
+            // Decrypted bytes nobody asked for, or the server's close_notify.
+            if !tls.get_ref().1.wants_read() {
+                return false;
+            }
+        }
+        let tcp = self.stream.tcp();
         let mut cx = Context::from_waker(Waker::noop());
-        match self.stream.poll_read_ready(&mut cx) {
+        match tcp.poll_read_ready(&mut cx) {
             Poll::Pending => true,
             Poll::Ready(Err(_)) => false,
             // Readable: closed, stray bytes, or readiness left from the last
-            // read of the previous response. A one-byte read tells which.
-            Poll::Ready(Ok(())) => matches!(
-                self.stream.try_read(&mut [0u8; 1]),
-                Err(e) if e.kind() == io::ErrorKind::WouldBlock
-            ),
+            // read of the previous response. A one-byte read tells which
+            // (a peek under TLS, whose bytes must not be taken).
+            Poll::Ready(Ok(())) => match &self.stream {
+                Stream::Plain(s) => matches!(
+                    s.try_read(&mut [0u8; 1]),
+                    Err(e) if e.kind() == io::ErrorKind::WouldBlock
+                ),
+                Stream::Tls(_) => {
+                    let mut byte = [0u8; 1];
+                    let mut peeked = tokio::io::ReadBuf::new(&mut byte);
+                    tcp.poll_peek(&mut cx, &mut peeked).is_pending()
+                }
+            },
         }
     }
 
@@ -135,12 +216,18 @@ impl Conn {
 impl Pool {
     /// `max_idle` connections kept per peer (the group's `keepalive`), each
     /// for `idle_timeout` at most.
-    pub fn new(max_idle: usize, idle_timeout: Duration, connect_timeout: Duration) -> Arc<Self> {
+    pub fn new(
+        max_idle: usize,
+        idle_timeout: Duration,
+        connect_timeout: Duration,
+        tls: Option<TlsTarget>,
+    ) -> Arc<Self> {
         Arc::new(Pool {
             idle: Mutex::new(Idle::default()),
             max_idle,
             idle_timeout,
             connect_timeout,
+            tls,
         })
     }
 
@@ -341,7 +428,7 @@ pub async fn send(
         let reused = kept.is_some();
         let mut conn = match kept.take() {
             Some(conn) => conn,
-            None => connect(addr, pool.connect_timeout).await?,
+            None => connect(addr, pool, start + read_timeout).await?,
         };
         match exchange(
             &mut conn,
@@ -369,7 +456,11 @@ pub async fn send(
     }
 }
 
-async fn connect(addr: SocketAddr, limit: Duration) -> Result<Conn, Failure> {
+/// A new connection to `addr`: TCP within connect_timeout, then for a TLS
+/// pool the handshake, by `deadline` (the handshake counts towards
+/// read_timeout, as it does for hyper-util's connections).
+async fn connect(addr: SocketAddr, pool: &Pool, deadline: Instant) -> Result<Conn, Failure> {
+    let limit = pool.connect_timeout;
     let stream = match tokio::time::timeout(limit, TcpStream::connect(addr)).await {
         Ok(Ok(s)) => s,
         Ok(Err(e)) => {
@@ -389,6 +480,30 @@ async fn connect(addr: SocketAddr, limit: Duration) -> Result<Conn, Failure> {
     };
     // Requests are written whole; Nagle would only hold the last piece.
     let _ = stream.set_nodelay(true);
+    let stream = match &pool.tls {
+        None => Stream::Plain(stream),
+        Some(tls) => {
+            let handshake = tls.connector.connect(tls.name.clone(), stream);
+            let deadline = tokio::time::Instant::from_std(deadline);
+            match tokio::time::timeout_at(deadline, handshake).await {
+                Ok(Ok(s)) => Stream::Tls(Box::new(s)),
+                Ok(Err(e)) => {
+                    return Err(Failure {
+                        kind: FailureKind::Error,
+                        sent: false,
+                        reason: format!("TLS handshake: {e}"),
+                    })
+                }
+                Err(_) => {
+                    return Err(Failure {
+                        kind: FailureKind::Timeout,
+                        sent: false,
+                        reason: "read_timeout during the TLS handshake".to_string(),
+                    })
+                }
+            }
+        }
+    };
     Ok(Conn {
         stream,
         buf: BytesMut::new(),
@@ -425,7 +540,11 @@ async fn exchange(
     send_timeout: Duration,
     read_timeout: Duration,
 ) -> Result<Head, Exchanged> {
-    match tokio::time::timeout(send_timeout, conn.stream.write_all(request.bytes)).await {
+    let write = async {
+        conn.stream.write_all(request.bytes).await?;
+        conn.stream.flush().await // TLS: the last record out (no-op on TCP)
+    };
+    match tokio::time::timeout(send_timeout, write).await {
         Ok(Ok(())) => {}
         Ok(Err(e)) => return Err(Exchanged::Nothing(e)),
         Err(_) => {
@@ -982,9 +1101,9 @@ mod tests {
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr().unwrap();
         let mut ends = Vec::new();
-        let pool = Pool::new(4, Duration::from_secs(60), Duration::from_secs(1));
+        let pool = Pool::new(4, Duration::from_secs(60), Duration::from_secs(1), None);
         for (slot, read_size) in [(0, MIN_READ), (1, MAX_READ)] {
-            let stream = TcpStream::connect(addr).await.unwrap();
+            let stream = Stream::Plain(TcpStream::connect(addr).await.unwrap());
             ends.push(listener.accept().await.unwrap().0);
             let buf = BytesMut::with_capacity(read_size);
             pool.put(

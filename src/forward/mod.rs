@@ -119,7 +119,9 @@ pub struct UpstreamRuntime {
     /// peer's slot in it (index = peer index).
     native: Arc<h1::Pool>,
     slots: Vec<usize>,
-    /// For `proxy_pass: https://`: the same pool settings over TLS.
+    /// For `proxy_pass: https://`: the same pool settings over TLS, for the
+    /// native client and for hyper-util's.
+    native_tls: Option<Arc<h1::Pool>>,
     pub tls_client: Option<TlsUpstreamClient>,
     /// A location proxies to this group with `https://` (health checks use TLS then).
     pub used_with_https: bool,
@@ -147,6 +149,7 @@ pub struct ClientRegistry {
 struct Pools {
     plain: UpstreamClient,
     native: Arc<h1::Pool>,
+    native_tls: Option<Arc<h1::Pool>>,
     tls: Option<TlsUpstreamClient>,
     aliases: Arc<PeerAliases>,
 }
@@ -236,9 +239,19 @@ impl ClientRegistry {
                             ),
                         )
                     });
+                    let native_pool = |tls| {
+                        h1::Pool::new(u.keepalive, u.keepalive_timeout, u.connect_timeout, tls)
+                    };
+                    let native_tls = u.tls_client.as_ref().map(|(config, name)| {
+                        native_pool(Some(h1::TlsTarget {
+                            connector: tokio_rustls::TlsConnector::from(config.clone()),
+                            name: name.clone(),
+                        }))
+                    });
                     Pools {
                         plain: pool_client(u, connector),
-                        native: h1::Pool::new(u.keepalive, u.keepalive_timeout, u.connect_timeout),
+                        native: native_pool(None),
+                        native_tls,
                         tls,
                         aliases,
                     }
@@ -271,6 +284,7 @@ impl ClientRegistry {
                     balancer,
                     client: pools.plain,
                     native: pools.native,
+                    native_tls: pools.native_tls,
                     slots,
                     tls_client: pools.tls,
                     used_with_https,
@@ -366,9 +380,14 @@ pub async fn forward(
         }
         headers
     };
-    // Plain HTTP/1 with a body held whole and no upgrade: the native client,
-    // which writes the head itself (write_upstream_request).
-    let native = !pass.https
+    // HTTP/1 (plain, or TLS with usable settings) with a body held whole
+    // and no upgrade: the native client, which writes the head itself
+    // (write_upstream_request).
+    let native_pool = match pass.https {
+        false => Some(&rt.native),
+        true => rt.native_tls.as_ref(),
+    };
+    let native = native_pool.is_some()
         && upstream.protocol == Protocol::Http1
         && upgrade.is_none()
         && body.replayable();
@@ -429,7 +448,7 @@ pub async fn forward(
         report.addr = Some(peer.addr);
         let in_flight = InFlight::new(&peer.state);
         let started = Instant::now();
-        let result = if native {
+        let result = if let Some(pool) = native_pool.filter(|_| native) {
             wire.clear();
             write_upstream_request(
                 &mut wire,
@@ -446,7 +465,7 @@ pub async fn forward(
                 may_resend: idempotent || upstream.next_upstream.non_idempotent,
             };
             h1::send(
-                &rt.native,
+                pool,
                 rt.slots[i],
                 peer.addr,
                 &outgoing,

@@ -388,6 +388,22 @@ fn names_the_certificate_does_not_cover_are_warnings() {
     assert!(!err.contains("\"one.test\""), "{err}");
 }
 
+/// A leaf certificate for `names` from `pki`, as a TLS server takes it.
+fn server_certificate(
+    pki: &Pki,
+    names: &[&str],
+) -> (
+    Vec<CertificateDer<'static>>,
+    rustls::pki_types::PrivateKeyDer<'static>,
+) {
+    let (cert_pem, key_pem, _) = pki.leaf(names, &rcgen::PKCS_ECDSA_P256_SHA256);
+    let chain = rustls::pki_types::pem::PemObject::pem_slice_iter(cert_pem.as_bytes())
+        .collect::<Result<_, _>>()
+        .unwrap();
+    let key = rustls::pki_types::pem::PemObject::from_pem_slice(key_pem.as_bytes()).unwrap();
+    (chain, key)
+}
+
 /// An HTTPS upstream answering "NAME <path>"; with `client_ca`, it requires a
 /// client certificate signed by that CA.
 async fn tls_upstream(
@@ -396,13 +412,7 @@ async fn tls_upstream(
     cert_names: &[&str],
     client_ca: Option<&Pki>,
 ) -> std::net::SocketAddr {
-    let (cert_pem, key_pem, _) = pki.leaf(cert_names, &rcgen::PKCS_ECDSA_P256_SHA256);
-    let chain: Vec<CertificateDer<'static>> =
-        rustls::pki_types::pem::PemObject::pem_slice_iter(cert_pem.as_bytes())
-            .collect::<Result<_, _>>()
-            .unwrap();
-    let key: rustls::pki_types::PrivateKeyDer<'static> =
-        rustls::pki_types::pem::PemObject::from_pem_slice(key_pem.as_bytes()).unwrap();
+    let (chain, key) = server_certificate(pki, cert_names);
     let provider = Arc::new(rustls::crypto::ring::default_provider());
     let builder = rustls::ServerConfig::builder_with_provider(provider.clone())
         .with_safe_default_protocol_versions()
@@ -654,13 +664,7 @@ async fn counting_tls_upstream(
     close_idle: Option<std::time::Duration>,
 ) -> (std::net::SocketAddr, Arc<std::sync::atomic::AtomicUsize>) {
     use std::sync::atomic::{AtomicUsize, Ordering};
-    let (cert_pem, key_pem, _) = pki.leaf(&["count.test"], &rcgen::PKCS_ECDSA_P256_SHA256);
-    let chain: Vec<CertificateDer<'static>> =
-        rustls::pki_types::pem::PemObject::pem_slice_iter(cert_pem.as_bytes())
-            .collect::<Result<_, _>>()
-            .unwrap();
-    let key: rustls::pki_types::PrivateKeyDer<'static> =
-        rustls::pki_types::pem::PemObject::from_pem_slice(key_pem.as_bytes()).unwrap();
+    let (chain, key) = server_certificate(pki, &["count.test"]);
     let config = rustls::ServerConfig::builder_with_provider(Arc::new(
         rustls::crypto::ring::default_provider(),
     ))

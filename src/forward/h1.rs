@@ -564,6 +564,25 @@ async fn exchange(
     }
 }
 
+/// The response fields the client never gets whatever the configuration
+/// (hop-by-hop ones, Server, Date: what [`hidden_response_header`] drops
+/// besides `proxy_hide_header`), told by the raw name, before a HeaderName
+/// is made for it; Trailer stays when the client accepts trailers.
+fn always_dropped(name: &[u8], keep_trailer: bool) -> bool {
+    const DROPPED: [&[u8]; 8] = [
+        b"connection",
+        b"keep-alive",
+        b"proxy-connection",
+        b"te",
+        b"transfer-encoding",
+        b"upgrade",
+        b"server",
+        b"date",
+    ];
+    DROPPED.iter().any(|d| d.eq_ignore_ascii_case(name))
+        || (!keep_trailer && name.eq_ignore_ascii_case(b"trailer"))
+}
+
 /// How the response body is delimited (RFC 9112 §6.3).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Framing {
@@ -656,9 +675,15 @@ fn parse_head(
     let mut spans = [(0u32, 0u32, 0u32, 0u32); MAX_HEADERS];
     let mut fields = FramingFields::default();
     let (len, code, version, count) = {
-        let mut headers = [httparse::EMPTY_HEADER; MAX_HEADERS];
-        let mut response = httparse::Response::new(&mut headers);
-        let len = match response.parse(&buf[..]) {
+        // httparse fills what it uses: 3 KiB not zeroed per response.
+        let mut headers = [const { std::mem::MaybeUninit::uninit() }; MAX_HEADERS];
+        let mut response = httparse::Response::new(&mut []);
+        let parsed = httparse::ParserConfig::default().parse_response_with_uninit_headers(
+            &mut response,
+            &buf[..],
+            &mut headers,
+        );
+        let len = match parsed {
             // A read may bring more than MAX_HEAD at once: the limit is on the head.
             Ok(httparse::Status::Complete(len)) if len > MAX_HEAD => {
                 return Err(invalid("upstream sent too big a header"))
@@ -714,7 +739,11 @@ fn parse_head(
     };
     let mut headers = HeaderMap::with_capacity(count);
     for &(ns, ne, vs, ve) in &spans[..count] {
-        let name = HeaderName::from_bytes(&head[ns as usize..ne as usize])
+        let raw_name = &head[ns as usize..ne as usize];
+        if always_dropped(raw_name, filter.keep_trailer) {
+            continue; // no HeaderName made for Server, Date, Connection…
+        }
+        let name = HeaderName::from_bytes(raw_name)
             .map_err(|_| invalid("upstream sent an invalid header name"))?;
         let dropped = (hidden_response_header(&name, filter.hide)
             && !(filter.keep_trailer && name == header::TRAILER))
@@ -1095,6 +1124,28 @@ impl Body for ResponseBody {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_raw_name_check_drops_what_hidden_response_header_drops() {
+        let always = super::super::HOP_BY_HOP
+            .iter()
+            .chain([&header::SERVER, &header::DATE]);
+        for name in always {
+            let keep_trailer = name == header::TRAILER;
+            for raw in [name.as_str().to_string(), name.as_str().to_uppercase()] {
+                assert!(
+                    always_dropped(raw.as_bytes(), false),
+                    "{raw} is not dropped by its raw name"
+                );
+                assert_eq!(always_dropped(raw.as_bytes(), true), !keep_trailer, "{raw}");
+            }
+        }
+        for kept in ["content-type", "content-length", "dates", "tee", "x-server"] {
+            assert!(!always_dropped(kept.as_bytes(), false), "{kept}");
+            let name = HeaderName::from_static(kept);
+            assert!(!hidden_response_header(&name, &[]), "{kept}");
+        }
+    }
 
     #[tokio::test]
     async fn an_idle_connection_keeps_a_small_read_buffer_and_lets_a_large_one_go() {

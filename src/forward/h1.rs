@@ -483,7 +483,9 @@ async fn connect(addr: SocketAddr, pool: &Pool, deadline: Instant) -> Result<Con
     let stream = match &pool.tls {
         None => Stream::Plain(stream),
         Some(tls) => {
-            let handshake = tls.connector.connect(tls.name.clone(), stream);
+            // Boxed: a handshake's state is large, and every request's
+            // future would carry room for it, new connection or not.
+            let handshake = Box::pin(tls.connector.connect(tls.name.clone(), stream));
             let deadline = tokio::time::Instant::from_std(deadline);
             match tokio::time::timeout_at(deadline, handshake).await {
                 Ok(Ok(s)) => Stream::Tls(Box::new(s)),

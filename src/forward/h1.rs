@@ -460,24 +460,8 @@ pub async fn send(
 /// pool the handshake, by `deadline` (the handshake counts towards
 /// read_timeout, as it does for hyper-util's connections).
 async fn connect(addr: SocketAddr, pool: &Pool, deadline: Instant) -> Result<Conn, Failure> {
-    let limit = pool.connect_timeout;
-    let stream = match tokio::time::timeout(limit, TcpStream::connect(addr)).await {
-        Ok(Ok(s)) => s,
-        Ok(Err(e)) => {
-            return Err(Failure {
-                kind: FailureKind::Error,
-                sent: false,
-                reason: format!("connect: {e}"),
-            })
-        }
-        Err(_) => {
-            return Err(Failure {
-                kind: FailureKind::Timeout,
-                sent: false,
-                reason: "connect_timeout".to_string(),
-            })
-        }
-    };
+    let connecting = tokio::time::timeout(pool.connect_timeout, TcpStream::connect(addr));
+    let stream = not_sent(connecting.await, "connect", "connect_timeout")?;
     // Requests are written whole; Nagle would only hold the last piece.
     let _ = stream.set_nodelay(true);
     let stream = match &pool.tls {
@@ -487,23 +471,13 @@ async fn connect(addr: SocketAddr, pool: &Pool, deadline: Instant) -> Result<Con
             // future would carry room for it, new connection or not.
             let handshake = Box::pin(tls.connector.connect(tls.name.clone(), stream));
             let deadline = tokio::time::Instant::from_std(deadline);
-            match tokio::time::timeout_at(deadline, handshake).await {
-                Ok(Ok(s)) => Stream::Tls(Box::new(s)),
-                Ok(Err(e)) => {
-                    return Err(Failure {
-                        kind: FailureKind::Error,
-                        sent: false,
-                        reason: format!("TLS handshake: {e}"),
-                    })
-                }
-                Err(_) => {
-                    return Err(Failure {
-                        kind: FailureKind::Timeout,
-                        sent: false,
-                        reason: "read_timeout during the TLS handshake".to_string(),
-                    })
-                }
-            }
+            let done = tokio::time::timeout_at(deadline, handshake).await;
+            let tls = not_sent(
+                done,
+                "TLS handshake",
+                "read_timeout during the TLS handshake",
+            )?;
+            Stream::Tls(Box::new(tls))
         }
     };
     Ok(Conn {
@@ -511,6 +485,28 @@ async fn connect(addr: SocketAddr, pool: &Pool, deadline: Instant) -> Result<Con
         buf: BytesMut::new(),
         read_size: MIN_READ,
     })
+}
+
+/// A step of making a connection, timed: its failure is one of the server
+/// (nothing of the request was sent), an error or a timeout.
+fn not_sent<T>(
+    step: Result<io::Result<T>, tokio::time::error::Elapsed>,
+    what: &str,
+    timeout: &str,
+) -> Result<T, Failure> {
+    match step {
+        Ok(Ok(done)) => Ok(done),
+        Ok(Err(e)) => Err(Failure {
+            kind: FailureKind::Error,
+            sent: false,
+            reason: format!("{what}: {e}"),
+        }),
+        Err(_) => Err(Failure {
+            kind: FailureKind::Timeout,
+            sent: false,
+            reason: timeout.to_string(),
+        }),
+    }
 }
 
 enum Exchanged {

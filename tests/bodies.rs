@@ -89,23 +89,12 @@ async fn serve_raw(mut s: TcpStream, script: fn(&str) -> Reply, heads: Arc<Mutex
         let head = String::from_utf8_lossy(&buf[..head_end]).into_owned();
         buf.drain(..head_end);
         // A Content-Length body is read and dropped (tests here send none upstream).
-        let length = head
-            .lines()
-            .find_map(|l| {
-                let (k, v) = l.split_once(':')?;
-                k.trim()
-                    .eq_ignore_ascii_case("content-length")
-                    .then(|| v.trim().parse::<usize>().ok())?
-            })
-            .unwrap_or(0);
-        while buf.len() < length {
-            let mut chunk = [0u8; 8192];
-            match tokio::time::timeout(IO_LIMIT, s.read(&mut chunk)).await {
-                Ok(Ok(n)) if n > 0 => buf.extend_from_slice(&chunk[..n]),
-                _ => return,
-            }
+        if common::read_length_body(&mut s, &mut buf, &head)
+            .await
+            .is_none()
+        {
+            return;
         }
-        buf.drain(..length);
         heads.lock().unwrap().push(head.clone());
         let reply = script(&head);
         for (i, part) in reply.parts.iter().enumerate() {

@@ -172,23 +172,9 @@ async fn serve_raw(
         };
         let head = String::from_utf8_lossy(&buf[..head_end]).into_owned();
         buf.drain(..head_end);
-        let length = head
-            .lines()
-            .find_map(|l| {
-                let (k, v) = l.split_once(':')?;
-                k.trim()
-                    .eq_ignore_ascii_case("content-length")
-                    .then(|| v.trim().parse::<usize>().ok())?
-            })
-            .unwrap_or(0);
-        while buf.len() < length {
-            let mut chunk = [0u8; 8192];
-            match tokio::time::timeout(IO_LIMIT, s.read(&mut chunk)).await {
-                Ok(Ok(n)) if n > 0 => buf.extend_from_slice(&chunk[..n]),
-                _ => return,
-            }
-        }
-        let body = buf.drain(..length).collect();
+        let Some(body) = common::read_length_body(&mut s, &mut buf, &head).await else {
+            return;
+        };
         nth += 1;
         requests.fetch_add(1, SeqCst);
         let req = Req {

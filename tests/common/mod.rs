@@ -472,3 +472,26 @@ impl Drop for Binary {
         let _ = self.child.wait();
     }
 }
+
+/// After a request head read by a raw test server from `s` into `buf` (the
+/// head already drained from it): its Content-Length body, taken from `buf`
+/// and read on as needed. None if the connection ends or stalls first.
+pub async fn read_length_body(s: &mut TcpStream, buf: &mut Vec<u8>, head: &str) -> Option<Vec<u8>> {
+    let length = head
+        .lines()
+        .find_map(|l| {
+            let (k, v) = l.split_once(':')?;
+            k.trim()
+                .eq_ignore_ascii_case("content-length")
+                .then(|| v.trim().parse::<usize>().ok())?
+        })
+        .unwrap_or(0);
+    while buf.len() < length {
+        let mut chunk = [0u8; 8192];
+        match tokio::time::timeout(IO_LIMIT, s.read(&mut chunk)).await {
+            Ok(Ok(n)) if n > 0 => buf.extend_from_slice(&chunk[..n]),
+            _ => return None,
+        }
+    }
+    Some(buf.drain(..length).collect())
+}

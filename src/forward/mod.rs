@@ -330,7 +330,7 @@ pub async fn forward(
     runtimes: &[UpstreamRuntime],
     routed: &Routed<'_>,
     info: &RequestInfo<'_>,
-    body: Incoming,
+    body: Option<Incoming>,
     client_upgrade: Option<OnUpgrade>,
     upstream_uri: &[u8],
     report: &mut UpstreamReport,
@@ -1197,7 +1197,7 @@ impl HeldBody {
 async fn read_request_body(
     info: &RequestInfo<'_>,
     location: &Location,
-    body: Incoming,
+    body: Option<Incoming>,
 ) -> Result<HeldBody, ForwardError> {
     let limit = location.client_max_body_size;
     let length = info
@@ -1211,9 +1211,10 @@ async fn read_request_body(
             "Content-Length over client_max_body_size",
         ));
     }
-    if body.is_end_stream() || length == Some(0) {
+    // None: ginx's own HTTP/1 side serves only requests without a body.
+    let Some(body) = body.filter(|b| !b.is_end_stream() && length != Some(0)) else {
         return Ok(HeldBody::Empty);
-    }
+    };
     if length.is_some_and(|n| n <= REPLAYABLE_BODY) {
         let collected = tokio::time::timeout(location.client_body_timeout, body.collect()).await;
         return match collected {

@@ -48,6 +48,9 @@ pub struct ConnState {
     upgraded: AtomicBool,
     /// The connection is being parked: hyper's shutdown must leave the socket open.
     parking: AtomicBool,
+    /// A graceful stop: ginx's own HTTP/1 side closes once the request in
+    /// hand is answered (hyper's is told by its own graceful_shutdown).
+    draining: AtomicBool,
     /// Milliseconds since `start` since when a write to the client has been
     /// waiting (the client is not reading); 0 = writes are going through.
     write_blocked_ms: AtomicU64,
@@ -87,6 +90,7 @@ impl ConnState {
             http2: AtomicBool::new(false),
             upgraded: AtomicBool::new(false),
             parking: AtomicBool::new(false),
+            draining: AtomicBool::new(false),
             unparked_ms: AtomicU64::new(0),
             write_blocked_ms: AtomicU64::new(0),
             body_limit: AtomicU64::new(0),
@@ -170,6 +174,15 @@ impl ConnState {
 
     pub fn is_parking(&self) -> bool {
         self.parking.load(Relaxed)
+    }
+
+    /// Stop gracefully: answer the request in hand, then close.
+    pub fn start_draining(&self) {
+        self.draining.store(true, Relaxed);
+    }
+
+    pub fn is_draining(&self) -> bool {
+        self.draining.load(Relaxed)
     }
 
     /// The connection switched protocols (WebSocket): no more HTTP heads to check.

@@ -9,6 +9,7 @@
 pub mod body;
 pub mod conn;
 pub mod framing;
+pub mod h1;
 mod park;
 pub mod respond;
 
@@ -417,15 +418,46 @@ async fn serve_tls(
     let handshake = tokio_rustls::TlsAcceptor::from(tls).accept(io);
     match tokio::time::timeout(limits.header_timeout, handshake).await {
         Ok(Ok(tls_stream)) => {
-            if tls_stream.get_ref().1.alpn_protocol() == Some(b"h2") {
-                state.mark_http2();
-            }
             let info = ConnInfo {
                 local,
                 remote,
                 tls: true,
             };
-            drive(shared, TokioIo::new(tls_stream), info, state, limits, stop).await;
+            if tls_stream.get_ref().1.alpn_protocol() == Some(b"h2") {
+                state.mark_http2();
+                return drive(shared, TokioIo::new(tls_stream), info, state, limits, stop).await;
+            }
+            // HTTP/1 (or no ALPN): ginx's own HTTP/1 side first, then hyper
+            // (its auto builder, which also takes an unannounced HTTP/2
+            // preface) from the first request it does not serve.
+            let ended = {
+                let handler = |parts| {
+                    Box::pin(handle(
+                        shared.clone(),
+                        state.clone(),
+                        info,
+                        parts,
+                        None,
+                        None,
+                    ))
+                };
+                let max_head = read_buffer_size(&limits, true);
+                let mut conn = Box::pin(h1::serve(tls_stream, &state, max_head, handler));
+                watch_connection(
+                    conn.as_mut(),
+                    |_| drain_native(&state),
+                    &state,
+                    &limits,
+                    stop.clone(),
+                    info.remote,
+                    false,
+                )
+                .await
+            };
+            if let Some(h1::End::Handoff(tls_stream, buffered)) = ended {
+                let io = h1::Rewound::new(buffered.freeze(), tls_stream);
+                drive(shared, TokioIo::new(io), info, state, limits, stop).await;
+            }
         }
         Ok(Err(e)) => tracing::debug!(%remote, error = %e, "TLS handshake failed"),
         Err(_) => tracing::debug!(%remote, "TLS handshake not done within client_header_timeout"),
@@ -487,9 +519,12 @@ async fn drive<I>(
     .await;
 }
 
-/// Serve a plain HTTP/1 connection until it closes or, idle, is parked:
-/// hyper's connection is dropped (its buffers with it) and then this task,
-/// and the socket waits in the parking lot for the next request.
+/// Serve a plain HTTP/1 connection until it closes or, idle, is parked.
+/// Requests without a body are served by ginx's own HTTP/1 side (`h1`);
+/// the first other one hands the connection to hyper's HTTP/1 server. An
+/// idle connection is parked: its server side is dropped (buffers with it),
+/// then this task, and the socket waits in the parking lot for the next
+/// request.
 async fn drive_http1(
     shared: Arc<Shared>,
     mut io: ClientIo,
@@ -499,6 +534,82 @@ async fn drive_http1(
     stop: watch::Receiver<bool>,
     slot: ConnSlot,
 ) {
+    let read_buffer = read_buffer_size(&limits, false);
+    loop {
+        let ended = {
+            let handler = |parts| {
+                // Boxed, as hyper's (see `handle_request`).
+                Box::pin(handle(
+                    shared.clone(),
+                    state.clone(),
+                    info,
+                    parts,
+                    None,
+                    None,
+                ))
+            };
+            // Boxed, so that the task's own state stays small.
+            let mut conn = Box::pin(h1::serve(io, &state, read_buffer, handler));
+            watch_connection(
+                conn.as_mut(),
+                |_| drain_native(&state),
+                &state,
+                &limits,
+                stop.clone(),
+                info.remote,
+                true,
+            )
+            .await
+        };
+        match ended {
+            Some(h1::End::Idle(idle, leftover)) => {
+                io = idle;
+                if leftover.is_empty() {
+                    return park(&shared, io, limits, stop, slot);
+                }
+                io.unpark(leftover);
+                continue;
+            }
+            Some(h1::End::Handoff(handed, buffered)) => {
+                io = handed;
+                // hyper reads what was read for it first.
+                io.unpark(buffered.freeze());
+            }
+            Some(h1::End::Closed) | None => return,
+        }
+        let Some((handed, leftover)) =
+            serve_hyper_http1(&shared, io, info, &state, &limits, &stop, read_buffer).await
+        else {
+            return;
+        };
+        io = handed;
+        if leftover.is_empty() {
+            return park(&shared, io, limits, stop, slot);
+        }
+        // The next request had begun to arrive: serve it on.
+        io.unpark(leftover);
+    }
+}
+
+/// A graceful stop for ginx's own HTTP/1 side; parking (which also asks
+/// for it) is told by the state's parking flag instead.
+fn drain_native(state: &ConnState) {
+    if !state.is_parking() {
+        state.start_draining();
+    }
+}
+
+/// Serve a plain HTTP/1 connection with hyper until it ends. When it ends
+/// idle for parking, returns the socket and what hyper had read and not used.
+async fn serve_hyper_http1(
+    shared: &Arc<Shared>,
+    io: ClientIo,
+    info: ConnInfo,
+    state: &Arc<ConnState>,
+    limits: &HeadLimits,
+    stop: &watch::Receiver<bool>,
+    read_buffer: usize,
+) -> Option<(ClientIo, bytes::Bytes)> {
     let service = {
         let shared = shared.clone();
         let state = state.clone();
@@ -506,48 +617,48 @@ async fn drive_http1(
             Box::pin(handle_request(shared.clone(), state.clone(), info, req))
         })
     };
-    let read_buffer = read_buffer_size(&limits, false);
-    loop {
-        // Boxed, so that the task's own state stays small.
-        let mut conn = Box::pin(
-            hyper::server::conn::http1::Builder::new()
-                .keep_alive(true)
-                .max_buf_size(read_buffer)
-                .max_headers(MAX_HEADERS)
-                .serve_connection(TokioIo::new(io), service.clone())
-                .with_upgrades(),
-        );
-        let ended = watch_connection(
-            conn.as_mut(),
-            |c| c.graceful_shutdown(),
-            &state,
-            &limits,
-            stop.clone(),
-            info.remote,
-            true,
-        )
-        .await;
-        if ended != Ended::Parked {
-            return;
-        }
-        let Some(parts) = std::pin::Pin::into_inner(conn).into_parts() else {
-            return;
-        };
-        io = parts.io.into_inner();
-        if !parts.read_buf.is_empty() {
-            // The next request had begun to arrive: serve it on.
-            io.unpark(parts.read_buf);
-            continue;
-        }
-        if let Some(idle) = io.into_idle() {
-            shared.parking.park(Parked {
-                idle,
-                limits,
-                stop,
-                slot,
-            });
-        }
-        return;
+    // Boxed, so that the task's own state stays small.
+    let mut conn = Box::pin(
+        hyper::server::conn::http1::Builder::new()
+            .keep_alive(true)
+            .max_buf_size(read_buffer)
+            .max_headers(MAX_HEADERS)
+            .serve_connection(TokioIo::new(io), service)
+            .with_upgrades(),
+    );
+    watch_connection(
+        conn.as_mut(),
+        |c| c.graceful_shutdown(),
+        state,
+        limits,
+        stop.clone(),
+        info.remote,
+        true,
+    )
+    .await?;
+    if !state.is_parking() {
+        return None;
+    }
+    let parts = std::pin::Pin::into_inner(conn).into_parts()?;
+    Some((parts.io.into_inner(), parts.read_buf))
+}
+
+/// Put an idle connection's socket in the parking lot (or close it, when
+/// it is due to close already).
+fn park(
+    shared: &Shared,
+    io: ClientIo,
+    limits: HeadLimits,
+    stop: watch::Receiver<bool>,
+    slot: ConnSlot,
+) {
+    if let Some(idle) = io.into_idle() {
+        shared.parking.park(Parked {
+            idle,
+            limits,
+            stop,
+            slot,
+        });
     }
 }
 
@@ -579,14 +690,6 @@ async fn resume_http1(shared: Arc<Shared>, parked: Parked) {
     drive_http1(shared, io, info, state, limits, stop, slot).await
 }
 
-/// How a connection's driving ended.
-#[derive(PartialEq, Eq)]
-enum Ended {
-    Closed,
-    /// Idle and handed back without closing the socket (HTTP/1 only).
-    Parked,
-}
-
 /// hyper's read buffer bounds both a head and each read of a body. On plain
 /// connections the IO wrapper enforces the head limit itself, so the buffer
 /// can be large enough for fast uploads; under TLS it is the head limit.
@@ -600,8 +703,11 @@ fn read_buffer_size(limits: &HeadLimits, tls: bool) -> usize {
 const MAX_HEADERS: usize = 256;
 
 /// Drive a connection to its end, applying the idle and head timers and a
-/// graceful stop (`graceful` asks hyper to finish in-flight requests and close).
-async fn watch_connection<F, E, G>(
+/// graceful stop (`graceful` asks the server side to finish in-flight
+/// requests and close). Returns what the connection's future returned when
+/// it ended by itself without an error; None when it failed or the
+/// watchdog ended it.
+async fn watch_connection<F, T, E, G>(
     mut conn: std::pin::Pin<&mut F>,
     mut graceful: G,
     state: &ConnState,
@@ -609,9 +715,9 @@ async fn watch_connection<F, E, G>(
     mut stop: watch::Receiver<bool>,
     remote: SocketAddr,
     can_park: bool,
-) -> Ended
+) -> Option<T>
 where
-    F: std::future::Future<Output = Result<(), E>>,
+    F: std::future::Future<Output = Result<T, E>>,
     E: std::fmt::Display,
     G: FnMut(std::pin::Pin<&mut F>),
 {
@@ -662,7 +768,7 @@ where
             }
             Watch::CloseIdle => {
                 tracing::debug!(%remote, "closing idle connection");
-                return Ended::Closed;
+                return None;
             }
             Watch::SendTimeout => {
                 // As nginx's send_timeout: the client stopped reading. The
@@ -672,9 +778,9 @@ where
                 // client gives up (seen: 1.8 GB for 2,000 slow readers).
                 tracing::info!(%remote, "client did not read the response within send_timeout; resetting the connection");
                 state.reset_on_close();
-                return Ended::Closed;
+                return None;
             }
-            Watch::HeadTimeout if head_timeout_fired => return Ended::Closed,
+            Watch::HeadTimeout if head_timeout_fired => return None,
             Watch::HeadTimeout => {
                 // Let the IO wrapper answer 408 on hyper's next read; give it a moment.
                 head_timeout_fired = true;
@@ -687,7 +793,7 @@ where
                 let now = tokio::time::Instant::now().into_std();
                 if now >= by && state.in_flight() == 0 {
                     tracing::debug!(%remote, "closing after keepalive_requests streams");
-                    return Ended::Closed;
+                    return None;
                 }
                 // Streams end on other tasks without waking this one: look again soon.
                 sleep_until.min(by.max(now + Duration::from_millis(100)))
@@ -723,10 +829,9 @@ where
         match event {
             Event::Ended(Err(e)) => {
                 tracing::debug!(%remote, error = %e, "connection ended with an error");
-                return Ended::Closed;
+                return None;
             }
-            Event::Ended(Ok(())) if state.is_parking() => return Ended::Parked,
-            Event::Ended(Ok(())) => return Ended::Closed,
+            Event::Ended(Ok(done)) => return Some(done),
             Event::Stop => {
                 stopping = true;
                 graceful(conn.as_mut());
@@ -737,8 +842,8 @@ where
 }
 
 /// What woke the watchdog.
-enum Event<E> {
-    Ended(Result<(), E>),
+enum Event<T, E> {
+    Ended(Result<T, E>),
     Stop,
     Recheck,
 }
@@ -785,12 +890,25 @@ async fn handle_request(
     info: ConnInfo,
     mut req: Request<Incoming>,
 ) -> Result<Response<ResponseBody>, CloseWithoutAnswer> {
-    let started = Instant::now();
-    let (in_flight, request_number) = body::FinishGuard::start(state.clone());
-    let generation = shared.current();
     // An upgrade request (WebSocket) keeps its hook for after the 101.
     let upgrade = forward::wants_upgrade(req.headers()).then(|| hyper::upgrade::on(&mut req));
     let (parts, body) = req.into_parts();
+    handle(shared, state, info, parts, Some(body), upgrade).await
+}
+
+/// A request from either server side: hyper's (`body` is its body) or
+/// ginx's own HTTP/1 one (no body; see `h1`).
+async fn handle(
+    shared: Arc<Shared>,
+    state: Arc<ConnState>,
+    info: ConnInfo,
+    parts: http::request::Parts,
+    body: Option<Incoming>,
+    upgrade: Option<hyper::upgrade::OnUpgrade>,
+) -> Result<Response<ResponseBody>, CloseWithoutAnswer> {
+    let started = Instant::now();
+    let (in_flight, request_number) = body::FinishGuard::start(state.clone());
+    let generation = shared.current();
     let mut entry = Entry::default();
     match respond(
         &generation,
@@ -832,7 +950,7 @@ async fn respond(
     conn_state: &ConnState,
     conn: ConnInfo,
     parts: &http::request::Parts,
-    body: Incoming,
+    body: Option<Incoming>,
     upgrade: Option<hyper::upgrade::OnUpgrade>,
     request_number: u64,
     entry: &mut Entry,

@@ -1,0 +1,804 @@
+//! ginx's own HTTP/1.1 server side, for the request most traffic is: a
+//! head without a body (no Content-Length other than 0, no
+//! Transfer-Encoding), without Upgrade, Expect or TE, and not CONNECT.
+//! Such a request is parsed here, handed to the handler, and its response
+//! written here, with no more work than that takes: hyper's connection
+//! machinery was about 12,000 instructions per proxied request, 40 % of
+//! ginx's whole cost for a small keep-alive request.
+//!
+//! Anything else — a request with a body, an upgrade, a head httparse
+//! refuses, a head with more fields than [`MAX_FIELDS`] — hands the
+//! connection, with every byte read so far, to hyper's HTTP/1 server for
+//! the rest of its life (or until it is parked): bodies, `100-continue`,
+//! upgrades and the answers to malformed requests keep hyper's tested
+//! behaviour, and which side answered cannot be told from the wire.
+//!
+//! The response is written as hyper's server encoder writes it: names in
+//! lower case and in the map's order, `Connection` values on one line,
+//! `content-length` added when the body's length is known and chunked
+//! encoding when it is not (close-delimited for HTTP/1.0), `date` last,
+//! an HTTP/1.0 client answered in HTTP/1.0 with `connection: keep-alive`
+//! when it asked for it. Two differences, both for heads ginx never
+//! makes: a `Transfer-Encoding` or `Trailer` field in a response is not
+//! written (the framing is this module's to choose; hop-by-hop fields are
+//! stripped from upstream responses anyway), and trailer fields are not
+//! sent (a client that did not send `TE: trailers` did not ask for them).
+
+use super::body::ResponseBody;
+use super::conn::ConnState;
+use super::CloseWithoutAnswer;
+use bytes::{Bytes, BytesMut};
+use http::header::{self, HeaderMap, HeaderName, HeaderValue};
+use http::{Method, Request, Response, StatusCode, Version};
+use http_body::Body;
+use std::future::Future;
+use std::io::{self, IoSlice};
+use std::mem::MaybeUninit;
+use std::pin::Pin;
+use std::task::Poll;
+use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt};
+
+/// Most header fields in a head served here; a head with more goes to
+/// hyper, which allows 256 (a real 150-field request must be forwarded).
+pub const MAX_FIELDS: usize = 64;
+/// hyper's limit on a request target: a longer one goes to hyper (414).
+const MAX_URI: usize = u16::MAX as usize - 1;
+/// The read buffer's size, made again when less than MIN_ROOM is left.
+const READ_SIZE: usize = 8 * 1024;
+const MIN_ROOM: usize = 1024;
+/// Body pieces up to this size are copied behind the head (or chunk
+/// line), so that one write carries both; larger ones go by `writev`.
+const COPY_UNDER: usize = 8 * 1024;
+/// An idle connection does not keep a larger write buffer than this.
+const KEEP_OUT: usize = 64 * 1024;
+
+/// How a connection served here ended.
+pub enum End<I> {
+    /// Closed (by either side), or to be closed: nothing more to do.
+    Closed,
+    /// Idle, and asked to give its socket up for parking; `Bytes` is what
+    /// had been read of the next request (empty but for a race).
+    Idle(I, Bytes),
+    /// A request this module does not serve: the connection goes on with
+    /// hyper, which must read `BytesMut` (that request, and any after it)
+    /// before the socket.
+    Handoff(I, BytesMut),
+}
+
+/// A request head served here.
+struct Head {
+    parts: http::request::Parts,
+    /// The client keeps the connection open after this request.
+    keep_alive: bool,
+}
+
+enum Parsed {
+    /// The head has not all arrived.
+    Partial,
+    Simple(Head),
+    /// Not for this module: hyper's.
+    Other,
+}
+
+/// Serve `io` until it closes, is to be parked (`state.is_parking()` once
+/// idle), or meets a request for hyper. `handle` answers a request;
+/// `max_head` is the most a head may take before hyper is left to refuse
+/// it. A graceful stop (`state.is_draining()`) closes the connection once
+/// the request in hand is answered.
+pub async fn serve<I, H, F>(
+    mut io: I,
+    state: &ConnState,
+    max_head: usize,
+    mut handle: H,
+) -> io::Result<End<I>>
+where
+    I: AsyncRead + AsyncWrite + Unpin,
+    H: FnMut(http::request::Parts) -> F,
+    F: Future<Output = Result<Response<ResponseBody>, CloseWithoutAnswer>>,
+{
+    let mut buf = BytesMut::new();
+    let mut out = Vec::new();
+    loop {
+        let head = loop {
+            if !buf.is_empty() {
+                match parse_request(&mut buf) {
+                    Parsed::Simple(head) => break head,
+                    Parsed::Other => return Ok(End::Handoff(io, buf)),
+                    Parsed::Partial if buf.len() > max_head => return Ok(End::Handoff(io, buf)),
+                    Parsed::Partial => {}
+                }
+            }
+            let read = std::future::poll_fn(|cx| {
+                if buf.is_empty() && (state.is_parking() || state.is_draining()) {
+                    return Poll::Ready(Ok(None));
+                }
+                poll_fill(&mut io, cx, &mut buf).map_ok(Some)
+            })
+            .await?;
+            match read {
+                None if state.is_parking() => return Ok(End::Idle(io, Bytes::new())),
+                None => {
+                    let _ = io.shutdown().await;
+                    return Ok(End::Closed);
+                }
+                // The client closed (in the middle of a head or not): as
+                // hyper, close without a word.
+                Some(0) => return Ok(End::Closed),
+                Some(_) => {}
+            }
+        };
+        let Head {
+            parts,
+            mut keep_alive,
+        } = head;
+        let method = parts.method.clone();
+        let version = parts.version;
+        // While the request is handled, the socket is read on: a client
+        // that hangs up cancels its request (and the upstream's), as with
+        // hyper; what a pipelining client sends meanwhile waits in `buf`.
+        // A refused framing in what follows (InvalidData from the client
+        // wrapper) is not a hang-up: it is for the request that carries it,
+        // after this one is answered.
+        let handling = handle(parts);
+        tokio::pin!(handling);
+        let mut refused = false;
+        let answered = std::future::poll_fn(|cx| {
+            if let Poll::Ready(answer) = handling.as_mut().poll(cx) {
+                return Poll::Ready(Some(answer));
+            }
+            while !refused && buf.len() < max_head {
+                match poll_fill(&mut io, cx, &mut buf) {
+                    Poll::Ready(Err(e)) if e.kind() == io::ErrorKind::InvalidData => refused = true,
+                    Poll::Ready(Ok(0)) | Poll::Ready(Err(_)) => return Poll::Ready(None),
+                    Poll::Ready(Ok(_)) => {}
+                    Poll::Pending => break,
+                }
+            }
+            Poll::Pending
+        })
+        .await;
+        let Some(Ok(response)) = answered else {
+            return Ok(End::Closed); // the client went, or `return 444`
+        };
+        if state.is_draining() {
+            keep_alive = false;
+        }
+        let exchange = Exchange {
+            method: &method,
+            version,
+            keep_alive,
+        };
+        let keep_open = write_response(&mut io, &mut out, response, &exchange).await?;
+        if !keep_open {
+            let _ = io.shutdown().await;
+            return Ok(End::Closed);
+        }
+        if out.capacity() > KEEP_OUT {
+            out = Vec::new();
+        }
+    }
+}
+
+/// Read more of the client's bytes into `buf`. Room is made only when
+/// little is left: the head before holds on to the buffer until its
+/// request is done, and making room then would mean a new one.
+fn poll_fill<I: AsyncRead + Unpin>(
+    io: &mut I,
+    cx: &mut std::task::Context<'_>,
+    buf: &mut BytesMut,
+) -> Poll<io::Result<usize>> {
+    if buf.capacity() - buf.len() < MIN_ROOM {
+        buf.reserve(READ_SIZE);
+    }
+    tokio_util::io::poll_read_buf(Pin::new(io), cx, buf)
+}
+
+/// Parse the request head at the start of `buf`; a head served here is
+/// taken out of it, and `buf` keeps what follows.
+fn parse_request(buf: &mut BytesMut) -> Parsed {
+    // Offsets of each field's name and value in the head: the map is built
+    // from slices of one shared buffer rather than from copies.
+    let mut spans = [(0u32, 0u32, 0u32, 0u32); MAX_FIELDS];
+    let mut framing = Fields::default();
+    let (len, method, path, version, count) = {
+        let mut fields = [const { MaybeUninit::uninit() }; MAX_FIELDS];
+        let mut request = httparse::Request::new(&mut []);
+        let parsed = httparse::ParserConfig::default().parse_request_with_uninit_headers(
+            &mut request,
+            &buf[..],
+            &mut fields,
+        );
+        let len = match parsed {
+            Ok(httparse::Status::Complete(len)) => len,
+            Ok(httparse::Status::Partial) => return Parsed::Partial,
+            // Malformed, or more fields than MAX_FIELDS: hyper's to answer.
+            Err(_) => return Parsed::Other,
+        };
+        let (Some(method), Some(path), Some(minor)) =
+            (request.method, request.path, request.version)
+        else {
+            return Parsed::Other;
+        };
+        let Ok(method) = Method::from_bytes(method.as_bytes()) else {
+            return Parsed::Other;
+        };
+        if method == Method::CONNECT || path.len() > MAX_URI {
+            return Parsed::Other;
+        }
+        let version = match minor {
+            0 => Version::HTTP_10,
+            _ => Version::HTTP_11,
+        };
+        framing.keep_alive = version == Version::HTTP_11;
+        let base = buf.as_ptr() as usize;
+        for (span, field) in spans.iter_mut().zip(request.headers.iter()) {
+            if !framing.note(field.name.as_bytes(), field.value) {
+                return Parsed::Other;
+            }
+            let name_at = (field.name.as_ptr() as usize - base) as u32;
+            let value_at = (field.value.as_ptr() as usize - base) as u32;
+            *span = (
+                name_at,
+                name_at + field.name.len() as u32,
+                value_at,
+                value_at + field.value.len() as u32,
+            );
+        }
+        let path_at = path.as_ptr() as usize - base;
+        (
+            len,
+            method,
+            path_at..path_at + path.len(),
+            version,
+            request.headers.len(),
+        )
+    };
+    let head = buf.split_to(len).freeze();
+    let Some(headers) = header_map(&head, &spans[..count]) else {
+        return give_back(buf, head);
+    };
+    let Ok(uri) = http::Uri::from_maybe_shared(head.slice(path)) else {
+        return give_back(buf, head); // hyper answers 400
+    };
+    let (mut parts, ()) = Request::new(()).into_parts();
+    parts.method = method;
+    parts.uri = uri;
+    parts.version = version;
+    parts.headers = headers;
+    Parsed::Simple(Head {
+        parts,
+        keep_alive: framing.keep_alive,
+    })
+}
+
+/// The fields of a head, as slices of it.
+fn header_map(head: &Bytes, spans: &[(u32, u32, u32, u32)]) -> Option<HeaderMap> {
+    let mut headers = HeaderMap::with_capacity(spans.len());
+    for &(ns, ne, vs, ve) in spans {
+        let name = HeaderName::from_bytes(&head[ns as usize..ne as usize]).ok()?;
+        let value = HeaderValue::from_maybe_shared(head.slice(vs as usize..ve as usize)).ok()?;
+        headers.append(name, value);
+    }
+    Some(headers)
+}
+
+/// A head taken out of `buf` turned out to be hyper's: put it back in front.
+fn give_back(buf: &mut BytesMut, head: Bytes) -> Parsed {
+    let mut whole = BytesMut::with_capacity(head.len() + buf.len());
+    whole.extend_from_slice(&head);
+    whole.extend_from_slice(buf);
+    *buf = whole;
+    Parsed::Other
+}
+
+/// What the fields of a request head say about serving it here.
+#[derive(Default)]
+struct Fields {
+    keep_alive: bool,
+    /// A `Connection: close` was seen: a later `keep-alive` does not undo it.
+    close: bool,
+    length_seen: bool,
+}
+
+impl Fields {
+    /// Note one field; false when the request is not one served here.
+    fn note(&mut self, name: &[u8], value: &[u8]) -> bool {
+        let is = |wanted: &[u8]| name.len() == wanted.len() && name.eq_ignore_ascii_case(wanted);
+        match name.len() {
+            2 if is(b"te") => false,
+            6 if is(b"expect") => false,
+            7 if is(b"upgrade") => false,
+            17 if is(b"transfer-encoding") => false,
+            14 if is(b"content-length") => {
+                // Only one, saying 0: any body is hyper's.
+                let first = !self.length_seen;
+                self.length_seen = true;
+                first && value.trim_ascii() == b"0"
+            }
+            10 if is(b"connection") => {
+                // As hyper: once any Connection line says close, the
+                // connection closes; HTTP/1.0 stays open on keep-alive.
+                if self.close || has_token(value, b"close") {
+                    self.close = true;
+                    self.keep_alive = false;
+                } else if !self.keep_alive {
+                    self.keep_alive = has_token(value, b"keep-alive");
+                }
+                true
+            }
+            _ => true,
+        }
+    }
+}
+
+/// Does a comma-separated field value hold `token` (case aside)? As
+/// hyper, a value with bytes beyond visible ASCII holds nothing.
+fn has_token(value: &[u8], token: &[u8]) -> bool {
+    if !value
+        .iter()
+        .all(|&b| b == b'\t' || (0x20..0x7f).contains(&b))
+    {
+        return false;
+    }
+    value
+        .split(|&b| b == b',')
+        .any(|t| t.trim_ascii().eq_ignore_ascii_case(token))
+}
+
+/// The request a response answers, as far as writing it goes.
+struct Exchange<'a> {
+    method: &'a Method,
+    version: Version,
+    /// Keep the connection open after this response (unless it says close).
+    keep_alive: bool,
+}
+
+impl Exchange<'_> {
+    fn connect_success(&self, status: StatusCode) -> bool {
+        *self.method == Method::CONNECT && status.is_success()
+    }
+
+    /// A body may be written (and chunked).
+    fn can_have_body(&self, status: StatusCode) -> bool {
+        !(*self.method == Method::HEAD
+            || self.connect_success(status)
+            || status.is_informational()
+            || status == StatusCode::NO_CONTENT
+            || status == StatusCode::NOT_MODIFIED)
+    }
+
+    fn can_have_content_length(&self, status: StatusCode) -> bool {
+        !(status.is_informational()
+            || self.connect_success(status)
+            || status == StatusCode::NO_CONTENT
+            || status == StatusCode::NOT_MODIFIED)
+    }
+}
+
+/// How the body goes on the wire.
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+enum Encoder {
+    /// Exactly this many bytes (0: none are written).
+    Length(u64),
+    Chunked,
+    /// Until the connection closes (HTTP/1.0, length unknown).
+    UntilClose,
+}
+
+/// Write the response; true when the connection stays open after it.
+async fn write_response<I>(
+    io: &mut I,
+    out: &mut Vec<u8>,
+    response: Response<ResponseBody>,
+    exchange: &Exchange<'_>,
+) -> io::Result<bool>
+where
+    I: AsyncWrite + Unpin,
+{
+    let (parts, mut body) = response.into_parts();
+    let length = match body.is_end_stream() {
+        true => None,
+        false => Some(body.size_hint().exact()),
+    };
+    out.clear();
+    let (encoder, is_last) = encode_head(out, parts, length, exchange);
+    let ended = match encoder {
+        Encoder::Length(0) => {
+            drop(body); // HEAD, 204, 304, or nothing to send
+            io.write_all(out).await?;
+            true
+        }
+        _ => write_body(io, out, &mut body, encoder).await?,
+    };
+    io.flush().await?; // TLS: the last record out (no-op on TCP)
+    Ok(ended && !is_last && encoder != Encoder::UntilClose)
+}
+
+/// Write the body as `encoder` says, after what `out` holds (the head).
+/// Returns false when the body ended short of its length or failed: the
+/// connection must close.
+async fn write_body<I>(
+    io: &mut I,
+    out: &mut Vec<u8>,
+    body: &mut ResponseBody,
+    encoder: Encoder,
+) -> io::Result<bool>
+where
+    I: AsyncWrite + Unpin,
+{
+    let mut remaining = match encoder {
+        Encoder::Length(n) => n,
+        _ => u64::MAX,
+    };
+    loop {
+        // Polled once first: a body that has its next piece ready (ginx's
+        // own, or an upstream's already read) goes out with the head in
+        // one write; one that must wait lets the head go first.
+        let polled =
+            std::future::poll_fn(|cx| Poll::Ready(Pin::new(&mut *body).poll_frame(cx))).await;
+        let frame = match polled {
+            Poll::Ready(frame) => frame,
+            Poll::Pending => {
+                if !out.is_empty() {
+                    io.write_all(out).await?;
+                    out.clear();
+                }
+                std::future::poll_fn(|cx| Pin::new(&mut *body).poll_frame(cx)).await
+            }
+        };
+        let data = match frame {
+            Some(Ok(frame)) => match frame.into_data() {
+                Ok(data) => data,
+                // Trailer fields: not sent (see the module's note); they end the body.
+                Err(_) => break,
+            },
+            Some(Err(_)) => {
+                // The upstream's body failed (logged where it failed): send
+                // what there is, and close; the client sees the body cut short.
+                io.write_all(out).await?;
+                return Ok(false);
+            }
+            None => break,
+        };
+        if data.is_empty() {
+            continue;
+        }
+        let data = match encoder {
+            Encoder::Length(_) if data.len() as u64 > remaining => data.slice(..remaining as usize),
+            _ => data,
+        };
+        if encoder == Encoder::Chunked {
+            let mut size = [0u8; 18];
+            out.extend_from_slice(hex_line(data.len(), &mut size));
+        }
+        let tail: &[u8] = if encoder == Encoder::Chunked {
+            b"\r\n"
+        } else {
+            b""
+        };
+        if data.len() <= COPY_UNDER {
+            out.extend_from_slice(&data);
+            out.extend_from_slice(tail);
+        } else {
+            write_all_vectored(
+                io,
+                &mut [IoSlice::new(out), IoSlice::new(&data), IoSlice::new(tail)],
+            )
+            .await?;
+            out.clear();
+        }
+        if let Encoder::Length(_) = encoder {
+            remaining -= data.len() as u64;
+            if remaining == 0 {
+                break;
+            }
+        }
+        if body.is_end_stream() {
+            break;
+        }
+    }
+    let complete = match encoder {
+        Encoder::Length(_) => remaining == 0,
+        Encoder::Chunked => {
+            out.extend_from_slice(b"0\r\n\r\n");
+            true
+        }
+        Encoder::UntilClose => true,
+    };
+    if !out.is_empty() {
+        io.write_all(out).await?;
+        out.clear();
+    }
+    Ok(complete)
+}
+
+/// `{len:x}\r\n` in `room`.
+fn hex_line(len: usize, room: &mut [u8; 18]) -> &[u8] {
+    const DIGITS: &[u8; 16] = b"0123456789abcdef";
+    let mut at = 16;
+    let mut n = len;
+    loop {
+        at -= 1;
+        room[at] = DIGITS[n & 15];
+        n >>= 4;
+        if n == 0 {
+            break;
+        }
+    }
+    room[16] = b'\r';
+    room[17] = b'\n';
+    &room[at..]
+}
+
+/// Write every byte of `slices`, by `writev` where the stream has it.
+async fn write_all_vectored<I>(io: &mut I, mut slices: &mut [IoSlice<'_>]) -> io::Result<()>
+where
+    I: AsyncWrite + Unpin,
+{
+    IoSlice::advance_slices(&mut slices, 0);
+    while !slices.is_empty() {
+        let n = io.write_vectored(slices).await?;
+        if n == 0 {
+            return Err(io::ErrorKind::WriteZero.into());
+        }
+        IoSlice::advance_slices(&mut slices, n);
+    }
+    Ok(())
+}
+
+/// Write the status line and fields into `out` as hyper's server encoder
+/// does; returns how the body goes and whether this is the connection's
+/// last response. `length`: None when there is no body, Some(None) when
+/// its length is unknown.
+fn encode_head(
+    out: &mut Vec<u8>,
+    parts: http::response::Parts,
+    length: Option<Option<u64>>,
+    exchange: &Exchange<'_>,
+) -> (Encoder, bool) {
+    let status = parts.status;
+    let mut headers = parts.headers;
+    let mut keep_alive = exchange.keep_alive;
+    // The reply's version is the response's (an upstream's HTTP/1.0 stays
+    // so), and HTTP/1.0 for an HTTP/1.0 client, which stays open only when
+    // the reply says keep-alive.
+    let mut version = parts.version;
+    if exchange.version == Version::HTTP_10 {
+        let says_keep_alive = headers
+            .get_all(header::CONNECTION)
+            .iter()
+            .any(|v| has_token(v.as_bytes(), b"keep-alive"));
+        if !says_keep_alive {
+            if version == Version::HTTP_10 {
+                keep_alive = false;
+            } else if keep_alive {
+                headers.append(header::CONNECTION, HeaderValue::from_static("keep-alive"));
+            }
+        }
+        version = Version::HTTP_10;
+    } else if !keep_alive
+        && !headers
+            .get_all(header::CONNECTION)
+            .iter()
+            .any(|v| has_token(v.as_bytes(), b"close"))
+    {
+        headers.append(header::CONNECTION, HeaderValue::from_static("close"));
+    }
+    let mut is_last = !keep_alive || status == StatusCode::SWITCHING_PROTOCOLS;
+
+    if version != Version::HTTP_10 && status == StatusCode::OK {
+        out.extend_from_slice(b"HTTP/1.1 200 OK\r\n");
+    } else {
+        out.extend_from_slice(match version {
+            Version::HTTP_10 => b"HTTP/1.0 ",
+            _ => b"HTTP/1.1 ",
+        });
+        out.extend_from_slice(status.as_str().as_bytes());
+        out.push(b' ');
+        out.extend_from_slice(status.canonical_reason().unwrap_or("<none>").as_bytes());
+        out.extend_from_slice(b"\r\n");
+    }
+
+    let mut encoder = None;
+    let mut wrote_date = false;
+    let mut previous: Option<&HeaderName> = None;
+    for (name, value) in headers.iter() {
+        let first_of_name = previous != Some(name);
+        if first_of_name && previous == Some(&header::CONNECTION) {
+            out.extend_from_slice(b"\r\n"); // end of the joined Connection line
+        }
+        previous = Some(name);
+        match *name {
+            header::CONTENT_LENGTH => {
+                if encoder.is_some() {
+                    continue; // the first one counts
+                }
+                match length {
+                    Some(Some(known)) => {
+                        write_field(out, name, value);
+                        encoder = Some(Encoder::Length(known));
+                    }
+                    Some(None) => match parse_decimal(value.as_bytes()) {
+                        Some(n) => {
+                            write_field(out, name, value);
+                            encoder = Some(Encoder::Length(n));
+                        }
+                        // An invalid length for a body of unknown length:
+                        // the body goes by the rules below.
+                        None => {}
+                    },
+                    // No body: only a reply to HEAD tells the length.
+                    None if *exchange.method == Method::HEAD => {
+                        write_field(out, name, value);
+                        encoder = Some(Encoder::Length(0));
+                    }
+                    None => {}
+                }
+            }
+            header::TRANSFER_ENCODING | header::TRAILER => {}
+            header::CONNECTION => {
+                if !is_last && has_token(value.as_bytes(), b"close") {
+                    is_last = true;
+                }
+                if first_of_name {
+                    out.extend_from_slice(b"connection: ");
+                } else {
+                    out.extend_from_slice(b", ");
+                }
+                out.extend_from_slice(value.as_bytes());
+            }
+            _ => {
+                if *name == header::DATE {
+                    wrote_date = true;
+                }
+                write_field(out, name, value);
+            }
+        }
+    }
+    if previous == Some(&header::CONNECTION) {
+        out.extend_from_slice(b"\r\n");
+    }
+
+    let encoder = match encoder {
+        Some(encoder) => encoder,
+        None => match length {
+            Some(None) => {
+                if version == Version::HTTP_10 || !exchange.can_have_body(status) {
+                    Encoder::UntilClose
+                } else {
+                    out.extend_from_slice(b"transfer-encoding: chunked\r\n");
+                    Encoder::Chunked
+                }
+            }
+            None | Some(Some(0)) => {
+                if exchange.can_have_content_length(status) && *exchange.method != Method::HEAD {
+                    out.extend_from_slice(b"content-length: 0\r\n");
+                }
+                Encoder::Length(0)
+            }
+            Some(Some(n)) => {
+                if exchange.can_have_content_length(status) {
+                    out.extend_from_slice(b"content-length: ");
+                    out.extend_from_slice(itoa::Buffer::new().format(n).as_bytes());
+                    out.extend_from_slice(b"\r\n");
+                    Encoder::Length(n)
+                } else {
+                    Encoder::Length(0)
+                }
+            }
+        },
+    };
+    let encoder = match exchange.can_have_body(status) {
+        true => encoder,
+        false => Encoder::Length(0),
+    };
+    if !wrote_date {
+        out.extend_from_slice(b"date: ");
+        date::extend(out);
+        out.extend_from_slice(b"\r\n");
+    }
+    out.extend_from_slice(b"\r\n");
+    (encoder, is_last)
+}
+
+fn write_field(out: &mut Vec<u8>, name: &HeaderName, value: &HeaderValue) {
+    out.extend_from_slice(name.as_str().as_bytes());
+    out.extend_from_slice(b": ");
+    out.extend_from_slice(value.as_bytes());
+    out.extend_from_slice(b"\r\n");
+}
+
+/// A Content-Length value as hyper reads one: digits, at most 19 of them.
+fn parse_decimal(digits: &[u8]) -> Option<u64> {
+    if digits.is_empty() || digits.len() > 19 || !digits.iter().all(u8::is_ascii_digit) {
+        return None;
+    }
+    Some(
+        digits
+            .iter()
+            .fold(0u64, |n, &d| n * 10 + u64::from(d - b'0')),
+    )
+}
+
+/// The `date` field's value, formatted once a second per thread.
+mod date {
+    use std::cell::RefCell;
+    use std::time::{SystemTime, UNIX_EPOCH};
+
+    thread_local! {
+        static CACHED: RefCell<(u64, String)> = const { RefCell::new((u64::MAX, String::new())) };
+    }
+
+    pub fn extend(out: &mut Vec<u8>) {
+        let now = SystemTime::now();
+        let second = now.duration_since(UNIX_EPOCH).map_or(0, |d| d.as_secs());
+        CACHED.with(|cached| {
+            let mut cached = cached.borrow_mut();
+            if cached.0 != second {
+                *cached = (second, httpdate::fmt_http_date(now));
+            }
+            out.extend_from_slice(cached.1.as_bytes());
+        });
+    }
+}
+
+/// A stream whose first bytes were already read (by ginx's own HTTP/1
+/// side): they are given back before the stream's own.
+pub struct Rewound<I> {
+    read: Bytes,
+    inner: I,
+}
+
+impl<I> Rewound<I> {
+    pub fn new(read: Bytes, inner: I) -> Self {
+        Rewound { read, inner }
+    }
+}
+
+impl<I: AsyncRead + Unpin> AsyncRead for Rewound<I> {
+    fn poll_read(
+        mut self: Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+        buf: &mut tokio::io::ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
+        if !self.read.is_empty() {
+            let n = self.read.len().min(buf.remaining());
+            let given = self.read.split_to(n);
+            buf.put_slice(&given);
+            return Poll::Ready(Ok(()));
+        }
+        Pin::new(&mut self.inner).poll_read(cx, buf)
+    }
+}
+
+impl<I: AsyncWrite + Unpin> AsyncWrite for Rewound<I> {
+    fn poll_write(
+        mut self: Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+        buf: &[u8],
+    ) -> Poll<io::Result<usize>> {
+        Pin::new(&mut self.inner).poll_write(cx, buf)
+    }
+    fn poll_write_vectored(
+        mut self: Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+        bufs: &[IoSlice<'_>],
+    ) -> Poll<io::Result<usize>> {
+        Pin::new(&mut self.inner).poll_write_vectored(cx, bufs)
+    }
+    fn is_write_vectored(&self) -> bool {
+        self.inner.is_write_vectored()
+    }
+    fn poll_flush(
+        mut self: Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.inner).poll_flush(cx)
+    }
+    fn poll_shutdown(
+        mut self: Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.inner).poll_shutdown(cx)
+    }
+}

@@ -52,7 +52,10 @@ async fn upstream() -> SocketAddr {
                             ))
                         } else {
                             http::Response::new(http_body_util::Either::Right(Pieces(
-                                pieces.iter().map(|p| Bytes::from_static(p.as_bytes())).collect(),
+                                pieces
+                                    .iter()
+                                    .map(|p| Bytes::from_static(p.as_bytes()))
+                                    .collect(),
                             )))
                         };
                         *response.status_mut() = http::StatusCode::from_u16(status).unwrap();
@@ -158,7 +161,11 @@ async fn ginx_and_hyper_write_the_same_response_bytes() {
         b"GET /up/empty HTTP/1.1\r\nHost: x\r\n\r\n",
     ];
     for case in cases {
-        let name = String::from_utf8_lossy(case).lines().next().unwrap().to_string();
+        let name = String::from_utf8_lossy(case)
+            .lines()
+            .next()
+            .unwrap()
+            .to_string();
         let native = exchange(gw.addr(0), &[*case, CLOSER].concat()).await;
         let handed = exchange(gw.addr(0), &[HANDOVER, *case, CLOSER].concat()).await;
         let first = first_response_len(&handed);
@@ -200,6 +207,9 @@ async fn a_connection_carries_on_across_the_handover() {
         .iter()
         .map(|b| text.find(b).unwrap_or_else(|| panic!("no {b:?} in {text}")))
         .collect();
-    assert!(bodies.windows(2).all(|w| w[0] < w[1]), "out of order: {text}");
+    assert!(
+        bodies.windows(2).all(|w| w[0] < w[1]),
+        "out of order: {text}"
+    );
     gw.stop().await;
 }

@@ -264,6 +264,64 @@ async fn http2_is_negotiated_and_served_and_headers_say_https() {
     gw.stop().await;
 }
 
+/// ginx's own HTTP/1 side serves bodiless requests and hands the
+/// connection to hyper at the first with a body (src/serve/h1.rs): over
+/// TLS too, with ALPN http/1.1 or none; and an HTTP/2 preface without ALPN
+/// is handed to hyper's auto builder, which speaks HTTP/2.
+#[tokio::test]
+async fn http1_over_tls_carries_on_across_the_handover_and_a_bare_h2_preface_is_served() {
+    let (gw, _) = start_sites().await;
+    let alpns: [&[&[u8]]; 2] = [&[b"http/1.1"], &[]];
+    for alpn in alpns {
+        let c = client(alpn, &[&rustls::version::TLS13]);
+        let mut tls = connect(&c, gw.addr(0), "a.test").await.unwrap();
+        tls.write_all(
+            b"GET /1 HTTP/1.1\r\nHost: a.test\r\n\r\n\
+              POST /2 HTTP/1.1\r\nHost: a.test\r\nContent-Length: 3\r\n\r\nabc\
+              GET /3 HTTP/1.1\r\nHost: a.test\r\nConnection: close\r\n\r\n",
+        )
+        .await
+        .unwrap();
+        let mut out = Vec::new();
+        let _ = tokio::time::timeout(common::IO_LIMIT, tls.read_to_end(&mut out))
+            .await
+            .expect("closed in time");
+        let all = common::parse_responses(&out);
+        let answers: Vec<(u16, String)> = all.iter().map(|r| (r.status, r.text())).collect();
+        assert_eq!(
+            answers,
+            vec![(200, "a https ".to_string()); 3],
+            "ALPN {alpn:?}: {}",
+            String::from_utf8_lossy(&out)
+        );
+    }
+    let c = client(&[], &[&rustls::version::TLS13]);
+    let tls = connect(&c, gw.addr(0), "a.test").await.unwrap();
+    assert_eq!(tls.get_ref().1.alpn_protocol(), None);
+    let (mut sender, conn) = hyper::client::conn::http2::handshake(
+        hyper_util::rt::TokioExecutor::new(),
+        hyper_util::rt::TokioIo::new(tls),
+    )
+    .await
+    .unwrap();
+    tokio::spawn(conn);
+    let req = http::Request::builder()
+        .uri("https://a.test/x")
+        .body(http_body_util::Empty::<bytes::Bytes>::new())
+        .unwrap();
+    let resp = tokio::time::timeout(common::IO_LIMIT, sender.send_request(req))
+        .await
+        .expect("answered in time")
+        .unwrap();
+    assert_eq!(resp.version(), http::Version::HTTP_2);
+    let body = http_body_util::BodyExt::collect(resp.into_body())
+        .await
+        .unwrap()
+        .to_bytes();
+    assert_eq!(&body[..], b"a https ");
+    gw.stop().await;
+}
+
 #[tokio::test]
 async fn protocols_are_enforced_and_http_redirects_to_https() {
     let (gw, _) = start_sites().await;

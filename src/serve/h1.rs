@@ -844,7 +844,10 @@ mod tests {
         ] {
             assert!(matches!(parsed(&head), Parsed::Other), "{head:?}");
         }
-        assert!(matches!(parsed("GET / HTTP/1.1\r\nHost: x\r\n"), Parsed::Partial));
+        assert!(matches!(
+            parsed("GET / HTTP/1.1\r\nHost: x\r\n"),
+            Parsed::Partial
+        ));
     }
 
     #[test]
@@ -864,8 +867,12 @@ mod tests {
     fn keep_alive_follows_the_version_and_connection_as_hyper() {
         assert!(keep_alive("GET / HTTP/1.1\r\n\r\n"));
         assert!(!keep_alive("GET / HTTP/1.0\r\n\r\n"));
-        assert!(keep_alive("GET / HTTP/1.0\r\nConnection: Keep-Alive\r\n\r\n"));
-        assert!(!keep_alive("GET / HTTP/1.1\r\nConnection: foo, close\r\n\r\n"));
+        assert!(keep_alive(
+            "GET / HTTP/1.0\r\nConnection: Keep-Alive\r\n\r\n"
+        ));
+        assert!(!keep_alive(
+            "GET / HTTP/1.1\r\nConnection: foo, close\r\n\r\n"
+        ));
         assert!(!keep_alive(
             "GET / HTTP/1.0\r\nConnection: close\r\nConnection: keep-alive\r\n\r\n"
         ));

@@ -141,6 +141,20 @@ async fn get_h1(c: &Client, addr: std::net::SocketAddr, sni: &str, host: &str) -
     r.text()
 }
 
+/// An HTTP/2 client on a TLS connection (its connection task spawned).
+async fn h2_sender(
+    tls: tokio_rustls::client::TlsStream<tokio::net::TcpStream>,
+) -> hyper::client::conn::http2::SendRequest<http_body_util::Empty<bytes::Bytes>> {
+    let (sender, conn) = hyper::client::conn::http2::handshake(
+        hyper_util::rt::TokioExecutor::new(),
+        hyper_util::rt::TokioIo::new(tls),
+    )
+    .await
+    .unwrap();
+    tokio::spawn(conn);
+    sender
+}
+
 fn sites(pki: &Pki) -> (Vec<(String, String)>, [Vec<u8>; 3]) {
     let (dc, dk, dder) = pki.leaf(&["default.test"], &rcgen::PKCS_ECDSA_P256_SHA256);
     let (ac, ak, ader) = pki.leaf(&["a.test", "*.a.test"], &rcgen::PKCS_ECDSA_P384_SHA384);
@@ -236,13 +250,7 @@ async fn http2_is_negotiated_and_served_and_headers_say_https() {
     let c = client(&[b"h2", b"http/1.1"], &[&rustls::version::TLS13]);
     let tls = connect(&c, gw.addr(0), "a.test").await.unwrap();
     assert_eq!(tls.get_ref().1.alpn_protocol(), Some(&b"h2"[..]));
-    let (mut sender, conn) = hyper::client::conn::http2::handshake(
-        hyper_util::rt::TokioExecutor::new(),
-        hyper_util::rt::TokioIo::new(tls),
-    )
-    .await
-    .unwrap();
-    tokio::spawn(conn);
+    let mut sender = h2_sender(tls).await;
     for _ in 0..3 {
         let req = http::Request::builder()
             .uri("https://a.test/x")
@@ -298,13 +306,7 @@ async fn http1_over_tls_carries_on_across_the_handover_and_a_bare_h2_preface_is_
     let c = client(&[], &[&rustls::version::TLS13]);
     let tls = connect(&c, gw.addr(0), "a.test").await.unwrap();
     assert_eq!(tls.get_ref().1.alpn_protocol(), None);
-    let (mut sender, conn) = hyper::client::conn::http2::handshake(
-        hyper_util::rt::TokioExecutor::new(),
-        hyper_util::rt::TokioIo::new(tls),
-    )
-    .await
-    .unwrap();
-    tokio::spawn(conn);
+    let mut sender = h2_sender(tls).await;
     let req = http::Request::builder()
         .uri("https://a.test/x")
         .body(http_body_util::Empty::<bytes::Bytes>::new())

@@ -697,16 +697,8 @@ fn parse_head(
                 )))
             }
         };
-        let base = buf.as_ptr() as usize;
         for (span, h) in spans.iter_mut().zip(response.headers.iter()) {
-            let name_at = (h.name.as_ptr() as usize - base) as u32;
-            let value_at = (h.value.as_ptr() as usize - base) as u32;
-            *span = (
-                name_at,
-                name_at + h.name.len() as u32,
-                value_at,
-                value_at + h.value.len() as u32,
-            );
+            *span = field_span(buf, h);
             read_framing_field(h.name.as_bytes(), h.value, &mut fields)?;
         }
         let version = match response.version {
@@ -780,6 +772,21 @@ fn parse_head(
         framing,
         reusable,
     }))
+}
+
+/// Where a field's name and value lie in `head` (httparse gives slices of
+/// it): start and end of each, so that the field can be cut out of the head
+/// once it is frozen, without a copy. Shared with the server side.
+pub(crate) fn field_span(head: &[u8], field: &httparse::Header<'_>) -> (u32, u32, u32, u32) {
+    let base = head.as_ptr() as usize;
+    let name_at = (field.name.as_ptr() as usize - base) as u32;
+    let value_at = (field.value.as_ptr() as usize - base) as u32;
+    (
+        name_at,
+        name_at + field.name.len() as u32,
+        value_at,
+        value_at + field.value.len() as u32,
+    )
 }
 
 /// Note what Content-Length, Transfer-Encoding and Connection say.

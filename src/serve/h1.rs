@@ -72,6 +72,8 @@ struct Head {
     keep_alive: bool,
 }
 
+// Returned once per request, by value: a box would be an allocation more.
+#[allow(clippy::large_enum_variant)]
 enum Parsed {
     /// The head has not all arrived.
     Partial,
@@ -230,21 +232,13 @@ fn parse_request(buf: &mut BytesMut) -> Parsed {
             _ => Version::HTTP_11,
         };
         framing.keep_alive = version == Version::HTTP_11;
-        let base = buf.as_ptr() as usize;
         for (span, field) in spans.iter_mut().zip(request.headers.iter()) {
             if !framing.note(field.name.as_bytes(), field.value) {
                 return Parsed::Other;
             }
-            let name_at = (field.name.as_ptr() as usize - base) as u32;
-            let value_at = (field.value.as_ptr() as usize - base) as u32;
-            *span = (
-                name_at,
-                name_at + field.name.len() as u32,
-                value_at,
-                value_at + field.value.len() as u32,
-            );
+            *span = crate::forward::field_span(buf, field);
         }
-        let path_at = path.as_ptr() as usize - base;
+        let path_at = path.as_ptr() as usize - buf.as_ptr() as usize;
         (
             len,
             method,
@@ -618,15 +612,14 @@ fn encode_head(
                         write_field(out, name, value);
                         encoder = Some(Encoder::Length(known));
                     }
-                    Some(None) => match parse_decimal(value.as_bytes()) {
-                        Some(n) => {
+                    // An invalid length for a body of unknown length is
+                    // left out: the body goes by the rules below.
+                    Some(None) => {
+                        if let Some(n) = parse_decimal(value.as_bytes()) {
                             write_field(out, name, value);
                             encoder = Some(Encoder::Length(n));
                         }
-                        // An invalid length for a body of unknown length:
-                        // the body goes by the rules below.
-                        None => {}
-                    },
+                    }
                     // No body: only a reply to HEAD tells the length.
                     None if *exchange.method == Method::HEAD => {
                         write_field(out, name, value);

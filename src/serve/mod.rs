@@ -430,30 +430,8 @@ async fn serve_tls(
             // HTTP/1 (or no ALPN): ginx's own HTTP/1 side first, then hyper
             // (its auto builder, which also takes an unannounced HTTP/2
             // preface) from the first request it does not serve.
-            let ended = {
-                let handler = |parts| {
-                    Box::pin(handle(
-                        shared.clone(),
-                        state.clone(),
-                        info,
-                        parts,
-                        None,
-                        None,
-                    ))
-                };
-                let max_head = read_buffer_size(&limits, true);
-                let mut conn = Box::pin(h1::serve(tls_stream, &state, max_head, handler));
-                watch_connection(
-                    conn.as_mut(),
-                    |_| drain_native(&state),
-                    &state,
-                    &limits,
-                    stop.clone(),
-                    info.remote,
-                    false,
-                )
-                .await
-            };
+            let ended =
+                serve_native(&shared, tls_stream, info, &state, &limits, &stop, false).await;
             if let Some(h1::End::Handoff(tls_stream, buffered)) = ended {
                 let io = h1::Rewound::new(buffered.freeze(), tls_stream);
                 drive(shared, TokioIo::new(io), info, state, limits, stop).await;
@@ -536,31 +514,7 @@ async fn drive_http1(
 ) {
     let read_buffer = read_buffer_size(&limits, false);
     loop {
-        let ended = {
-            let handler = |parts| {
-                // Boxed, as hyper's (see `handle_request`).
-                Box::pin(handle(
-                    shared.clone(),
-                    state.clone(),
-                    info,
-                    parts,
-                    None,
-                    None,
-                ))
-            };
-            // Boxed, so that the task's own state stays small.
-            let mut conn = Box::pin(h1::serve(io, &state, read_buffer, handler));
-            watch_connection(
-                conn.as_mut(),
-                |_| drain_native(&state),
-                &state,
-                &limits,
-                stop.clone(),
-                info.remote,
-                true,
-            )
-            .await
-        };
+        let ended = serve_native(&shared, io, info, &state, &limits, &stop, true).await;
         match ended {
             Some(h1::End::Idle(idle, leftover)) => {
                 io = idle;
@@ -589,6 +543,47 @@ async fn drive_http1(
         // The next request had begun to arrive: serve it on.
         io.unpark(leftover);
     }
+}
+
+/// Serve `io` with ginx's own HTTP/1 side (`h1`) under the connection's
+/// watchdog, until it closes, is to be parked (`can_park`), or is to be
+/// handed to hyper. None: it closed, or the watchdog closed it.
+async fn serve_native<I>(
+    shared: &Arc<Shared>,
+    io: I,
+    info: ConnInfo,
+    state: &Arc<ConnState>,
+    limits: &HeadLimits,
+    stop: &watch::Receiver<bool>,
+    can_park: bool,
+) -> Option<h1::End<I>>
+where
+    I: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin,
+{
+    let handler = |parts| {
+        // Boxed, as hyper's (see `handle_request`).
+        Box::pin(handle(
+            shared.clone(),
+            state.clone(),
+            info,
+            parts,
+            None,
+            None,
+        ))
+    };
+    let max_head = read_buffer_size(limits, info.tls);
+    // Boxed, so that the task's own state stays small.
+    let mut conn = Box::pin(h1::serve(io, state, max_head, handler));
+    watch_connection(
+        conn.as_mut(),
+        |_| drain_native(state),
+        state,
+        limits,
+        stop.clone(),
+        info.remote,
+        can_park,
+    )
+    .await
 }
 
 /// A graceful stop for ginx's own HTTP/1 side; parking (which also asks

@@ -735,6 +735,13 @@ where
     // channel. Not polled again once it has fired (`stopping`).
     let changed = stop.changed();
     tokio::pin!(changed);
+    // After a look at the deadlines (Recheck), the connection's future is
+    // not polled again at once: it already waits on what it needs. That
+    // poll had been two more turns of the whole request path per request,
+    // as the progress marks change when a request starts and when it ends.
+    // It is polled at its next wake-up, or at once when the loop told it
+    // something (a graceful stop, parking, a head timeout).
+    let mut poll_conn = true;
     loop {
         if !stopping && state.is_http2() && state.requests() >= limits.keepalive_requests {
             // As nginx: GOAWAY after keepalive_requests streams; those
@@ -742,6 +749,7 @@ where
             // cost, however it paces its streams (rapid reset included).
             stopping = true;
             graceful(conn.as_mut());
+            poll_conn = true;
             drain_by = Some(tokio::time::Instant::now().into_std() + Duration::from_secs(1));
         }
         let sleep_until = match conn::watch(state, limits, can_park && !stopping) {
@@ -753,12 +761,14 @@ where
             Watch::Park => {
                 state.start_parking();
                 graceful(conn.as_mut());
+                poll_conn = true;
                 tokio::time::Instant::now().into_std() + Duration::from_secs(1)
             }
             Watch::CloseIdle if state.is_http2() && !stopping => {
                 // HTTP/2: say goodbye with GOAWAY rather than a bare close.
                 stopping = true;
                 graceful(conn.as_mut());
+                poll_conn = true;
                 tokio::time::Instant::now().into_std() + Duration::from_secs(5)
             }
             Watch::CloseIdle => {
@@ -780,6 +790,7 @@ where
                 // Let the IO wrapper answer 408 on hyper's next read; give it a moment.
                 head_timeout_fired = true;
                 state.flag_head_timeout();
+                poll_conn = true;
                 tokio::time::Instant::now().into_std() + Duration::from_secs(1)
             }
         };
@@ -805,8 +816,10 @@ where
         // checked each time the connection is polled (no wake-up of its own).
         let seen = state.progress();
         let event = std::future::poll_fn(|cx| {
-            if let Poll::Ready(result) = conn.as_mut().poll(cx) {
-                return Poll::Ready(Event::Ended(result));
+            if std::mem::replace(&mut poll_conn, true) {
+                if let Poll::Ready(result) = conn.as_mut().poll(cx) {
+                    return Poll::Ready(Event::Ended(result));
+                }
             }
             if !stopping && changed.as_mut().poll(cx).is_ready() {
                 return Poll::Ready(Event::Stop);
@@ -830,8 +843,9 @@ where
             Event::Stop => {
                 stopping = true;
                 graceful(conn.as_mut());
+                poll_conn = true;
             }
-            Event::Recheck => {}
+            Event::Recheck => poll_conn = false,
         }
     }
 }

@@ -99,7 +99,8 @@ where
     F: Future<Output = Result<Response<ResponseBody>, CloseWithoutAnswer>>,
 {
     let mut buf = BytesMut::new();
-    let mut out = Vec::new();
+    // Room for a usual response head: no reallocation while it is written.
+    let mut out = Vec::with_capacity(1024);
     loop {
         let head = loop {
             if !buf.is_empty() {

@@ -281,6 +281,13 @@ fn bind(addr: SocketAddr) -> io::Result<TcpListener> {
 }
 
 async fn accept_loop(listener: TcpListener, shared: Arc<Shared>, mut stop: watch::Receiver<bool>) {
+    // A socket bound to one address accepts connections to that address:
+    // no getsockname per connection (a system call per request for clients
+    // that close after each). A wildcard socket's connections are asked.
+    let bound = listener
+        .local_addr()
+        .ok()
+        .filter(|a| !a.ip().is_unspecified());
     let mut backoff = Duration::from_millis(5);
     loop {
         // Take a connection slot first: past max_connections, accepts wait.
@@ -302,6 +309,7 @@ async fn accept_loop(listener: TcpListener, shared: Arc<Shared>, mut stop: watch
                 tokio::spawn(serve_connection(
                     shared.clone(),
                     stream,
+                    bound,
                     remote,
                     stop.clone(),
                     slot,
@@ -354,11 +362,12 @@ struct ConnInfo {
 async fn serve_connection(
     shared: Arc<Shared>,
     stream: TcpStream,
+    bound: Option<SocketAddr>,
     remote: SocketAddr,
     stop: watch::Receiver<bool>,
     slot: ConnSlot,
 ) {
-    let Ok(local) = stream.local_addr() else {
+    let Some(local) = bound.or_else(|| stream.local_addr().ok()) else {
         return;
     };
     let _ = stream.set_nodelay(true);
@@ -1035,8 +1044,10 @@ async fn respond(
                 break 'proxy respond::page(status, settings.server_tokens);
             }
             let mut report = UpstreamReport::default();
-            // Not boxed on its own: the whole handler's future is.
-            let result = forward::forward(
+            // Boxed on its own: it is 2 KiB of the handler's future, and a
+            // future is moved whole, once into its caller's and once into
+            // its box; a `return` then moves none of it.
+            let result = Box::pin(forward::forward(
                 &generation.upstreams,
                 &routed,
                 &info,
@@ -1044,7 +1055,7 @@ async fn respond(
                 upgrade,
                 uri,
                 &mut report,
-            )
+            ))
             .await;
             if let (Some(t), Some(rt)) = (
                 report.response_time,

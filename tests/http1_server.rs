@@ -213,3 +213,46 @@ async fn a_connection_carries_on_across_the_handover() {
     );
     gw.stop().await;
 }
+
+#[tokio::test]
+async fn a_plain_http2_listener_serves_http1_here_and_h2c_through_hyper() {
+    let up = upstream().await;
+    let yaml = config(up).replace(
+        r#"listen: ["127.0.0.1:{p0}"]"#,
+        r#"listen: ["127.0.0.1:{p0} http2"]"#,
+    );
+    assert!(yaml.contains(" http2\"]"));
+    let gw = start_one(&yaml, 1).await;
+    // HTTP/1: ginx's side, then hyper's from the request with a body.
+    let mut s = TcpStream::connect(gw.addr(0)).await.unwrap();
+    let requests = [
+        &b"GET /ret HTTP/1.1\r\nHost: x\r\n\r\n"[..],
+        HANDOVER,
+        CLOSER,
+    ]
+    .concat();
+    s.write_all(&requests).await.unwrap();
+    let text = String::from_utf8_lossy(&read_to_close(&mut s).await).into_owned();
+    assert_eq!(text.matches("HTTP/1.1 200 OK\r\n").count(), 3, "{text}");
+    assert!(text.contains("fixed body\n"), "{text}");
+    // HTTP/2 with prior knowledge: the preface goes to hyper.
+    let mut h2 = common::h2_connect::<http_body_util::Empty<Bytes>>(gw.addr(0)).await;
+    for path in ["/ret", "/up/pieces"] {
+        let req = http::Request::builder()
+            .uri(format!("http://x{path}"))
+            .body(http_body_util::Empty::new())
+            .unwrap();
+        let resp = tokio::time::timeout(common::IO_LIMIT, h2.send_request(req))
+            .await
+            .expect("answered in time")
+            .unwrap();
+        assert_eq!(resp.version(), http::Version::HTTP_2);
+        assert_eq!(resp.status(), 200);
+        let body = http_body_util::BodyExt::collect(resp.into_body())
+            .await
+            .unwrap()
+            .to_bytes();
+        assert!(body.ends_with(b"\n"), "{body:?}");
+    }
+    gw.stop().await;
+}

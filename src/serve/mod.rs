@@ -399,7 +399,15 @@ async fn serve_connection(
             tls: false,
         };
         if http2 {
-            return drive(shared, TokioIo::new(io), info, state, limits, stop).await;
+            // HTTP/1 requests without a body on ginx's own side; from the
+            // first other one, or an HTTP/2 preface (which the parser
+            // refuses), hyper's auto builder, reading what was read first.
+            let ended = serve_native(&shared, io, info, &state, &limits, &stop, false).await;
+            if let Some(h1::End::Handoff(mut io, buffered)) = ended {
+                io.unpark(buffered.freeze());
+                drive(shared, TokioIo::new(io), info, state, limits, stop).await;
+            }
+            return;
         }
         return drive_http1(shared, io, info, state, limits, stop, slot).await;
     };

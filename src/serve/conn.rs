@@ -3,8 +3,8 @@
 //! `client_header_timeout` and `keepalive_timeout`, which hyper's HTTP/1
 //! server does not do the way nginx users expect.
 //!
-//! An HTTP/1 connection idle for [`PARK_AFTER`] is parked: hyper's
-//! connection (two 8 KiB buffers and its state) is dropped, then its task,
+//! An HTTP/1 connection idle for [`PARK_AFTER`] is parked: its server side
+//! (ginx's own, or hyper's connection, with their buffers) is dropped, then its task,
 //! and only the socket is kept, in the parking lot (`super::park`), until
 //! the next request's bytes arrive: an idle keep-alive connection costs
 //! less than nginx's.
@@ -278,7 +278,7 @@ pub enum Wire {
     Tls,
 }
 
-/// The client socket as hyper sees it.
+/// The client socket as the server side (ginx's own HTTP/1 side, or hyper) sees it.
 pub struct ClientIo {
     inner: TcpStream,
     state: Arc<ConnState>,

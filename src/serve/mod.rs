@@ -1,6 +1,8 @@
 //! Serving: bind the configured addresses, accept connections (capped by
-//! `max_connections`), run HTTP/1.1 (and HTTP/2 on `http2` listeners) with
-//! hyper, and hand each request to [`handle_request`].
+//! `max_connections`), run HTTP/1.1 (ginx's own side in `h1` for requests
+//! without a body, hyper's from a connection's first other request) and
+//! HTTP/2 (hyper, on TLS by ALPN and on `http2` listeners), and hand each
+//! request to `handle`.
 //!
 //! The configuration lives behind an `ArcSwap`: a request loads it once and
 //! keeps that `Arc` to the end, so a swap never changes a request midway and

@@ -839,7 +839,9 @@ fn connection_options(head: &[u8], spans: &[(u32, u32, u32, u32)]) -> Vec<Header
         .collect()
 }
 
-fn parse_decimal(digits: &[u8]) -> Option<u64> {
+/// A Content-Length value: digits, at most 19 of them. Shared with the
+/// server side.
+pub(crate) fn parse_decimal(digits: &[u8]) -> Option<u64> {
     if digits.is_empty() || digits.len() > 19 || !digits.iter().all(u8::is_ascii_digit) {
         return None;
     }

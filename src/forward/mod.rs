@@ -32,8 +32,8 @@ use std::task::{Context, Poll};
 use std::time::{Duration, Instant};
 
 mod h1;
-/// For the server side's head parse (`serve::h1`).
-pub(crate) use h1::field_span;
+/// For the server side's head parse and writing (`serve::h1`).
+pub(crate) use h1::{field_span, parse_decimal};
 
 pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
 

@@ -56,9 +56,9 @@ const KEEP_OUT: usize = 64 * 1024;
 pub enum End<I> {
     /// Closed (by either side), or to be closed: nothing more to do.
     Closed,
-    /// Idle, and asked to give its socket up for parking; `Bytes` is what
-    /// had been read of the next request (empty but for a race).
-    Idle(I, Bytes),
+    /// Idle (nothing read of a next request), and asked to give its
+    /// socket up for parking.
+    Idle(I),
     /// A request this module does not serve: the connection goes on with
     /// hyper, which must read `BytesMut` (that request, and any after it)
     /// before the socket.
@@ -119,7 +119,7 @@ where
             })
             .await?;
             match read {
-                None if state.is_parking() => return Ok(End::Idle(io, Bytes::new())),
+                None if state.is_parking() => return Ok(End::Idle(io)),
                 None => {
                     let _ = io.shutdown().await;
                     return Ok(End::Closed);
@@ -616,7 +616,7 @@ fn encode_head(
                     // An invalid length for a body of unknown length is
                     // left out: the body goes by the rules below.
                     Some(None) => {
-                        if let Some(n) = parse_decimal(value.as_bytes()) {
+                        if let Some(n) = crate::forward::parse_decimal(value.as_bytes()) {
                             write_field(out, name, value);
                             encoder = Some(Encoder::Length(n));
                         }
@@ -700,18 +700,6 @@ fn write_field(out: &mut Vec<u8>, name: &HeaderName, value: &HeaderValue) {
     out.extend_from_slice(b": ");
     out.extend_from_slice(value.as_bytes());
     out.extend_from_slice(b"\r\n");
-}
-
-/// A Content-Length value as hyper reads one: digits, at most 19 of them.
-fn parse_decimal(digits: &[u8]) -> Option<u64> {
-    if digits.is_empty() || digits.len() > 19 || !digits.iter().all(u8::is_ascii_digit) {
-        return None;
-    }
-    Some(
-        digits
-            .iter()
-            .fold(0u64, |n, &d| n * 10 + u64::from(d - b'0')),
-    )
 }
 
 /// The `date` field's value, formatted once a second per thread.

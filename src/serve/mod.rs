@@ -549,14 +549,7 @@ async fn drive_http1(
     loop {
         let ended = serve_native(&shared, io, info, &state, &limits, &stop, true).await;
         match ended {
-            Some(h1::End::Idle(idle, leftover)) => {
-                io = idle;
-                if leftover.is_empty() {
-                    return park(&shared, io, limits, stop, slot);
-                }
-                io.unpark(leftover);
-                continue;
-            }
+            Some(h1::End::Idle(idle)) => return park(&shared, idle, limits, stop, slot),
             Some(h1::End::Handoff(handed, buffered)) => {
                 io = handed;
                 // hyper reads what was read for it first.

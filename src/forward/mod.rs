@@ -896,18 +896,17 @@ pub fn write_upstream_request(
             .collect()
     };
     let is_set = |name: &HeaderName| set.iter().any(|(n, _)| *n == name);
-    let cleaning = client
-        .keys()
-        .any(|k| HOP_BY_HOP.contains(k) || k == header::EXPECT || k.as_str().contains('_'));
+    let seen = SeenFields::of(client);
+    let cleaning = seen.cleaning;
     let options = match cleaning {
         true => connection_options(client),
         false => Vec::new(),
     };
-    let room: usize = client
-        .iter()
-        .map(|(n, v)| n.as_str().len() + v.len() + 4)
-        .chain(set.iter().map(|(n, v)| n.as_str().len() + v.len() + 4))
-        .sum();
+    let room = seen.room
+        + set
+            .iter()
+            .map(|(n, v)| n.as_str().len() + v.len() + 4)
+            .sum::<usize>();
     let mut w = h1::HeadWriter::new(out, info.method, target, room + 192 + body.len());
     let mut had_length = false;
     for (name, value) in client {
@@ -941,14 +940,14 @@ pub fn write_upstream_request(
     let mut host_written = false;
     let first_host: Option<&[u8]> = match absolute {
         Some(a) => Some(a.as_str().as_bytes()),
-        None => client
-            .get(header::HOST)
+        None => seen
+            .host
             .map(HeaderValue::as_bytes)
             .or_else(|| info.uri.authority().map(|a| a.as_str().as_bytes())),
     };
     if !is_set(&header::HOST) {
-        match (absolute, client.contains_key(header::HOST)) {
-            (None, true) => {
+        match (absolute, seen.hosts) {
+            (None, 2..) => {
                 for v in client.get_all(header::HOST) {
                     w.field("host", v.as_bytes());
                 }
@@ -961,14 +960,16 @@ pub fn write_upstream_request(
         }
         host_written = first_host.is_some();
     }
-    if accepts_trailers(client) && !is_set(&header::TE) {
+    if seen.te && accepts_trailers(client) && !is_set(&header::TE) {
         w.field("te", b"trailers");
     }
     if !is_set(&X_FORWARDED_FOR) {
         w.field_with("x-forwarded-for", |out| {
-            for v in client.get_all(&X_FORWARDED_FOR) {
-                out.extend_from_slice(v.as_bytes());
-                out.extend_from_slice(b", ");
+            if seen.forwarded_for {
+                for v in client.get_all(&X_FORWARDED_FOR) {
+                    out.extend_from_slice(v.as_bytes());
+                    out.extend_from_slice(b", ");
+                }
             }
             write_ip(out, info.remote.ip());
         });
@@ -994,6 +995,45 @@ pub fn write_upstream_request(
         w.field("host", fallback_host.as_bytes());
     }
     w.finish(body, had_length);
+}
+
+/// What one pass over a client's request fields finds, so that the
+/// fields a request usually lacks cost no hashed lookup each.
+struct SeenFields<'a> {
+    /// Bytes the fields take as `name: value\r\n`.
+    room: usize,
+    /// A hop-by-hop field, Expect, or a name with `_`: some are dropped.
+    cleaning: bool,
+    host: Option<&'a HeaderValue>,
+    hosts: usize,
+    te: bool,
+    forwarded_for: bool,
+}
+
+impl<'a> SeenFields<'a> {
+    fn of(client: &'a HeaderMap) -> Self {
+        let mut seen = SeenFields {
+            room: 0,
+            cleaning: false,
+            host: None,
+            hosts: 0,
+            te: false,
+            forwarded_for: false,
+        };
+        for (name, value) in client {
+            seen.room += name.as_str().len() + value.len() + 4;
+            if name == header::HOST {
+                seen.hosts += 1;
+                seen.host.get_or_insert(value);
+                continue;
+            }
+            seen.te |= name == header::TE;
+            seen.forwarded_for |= *name == X_FORWARDED_FOR;
+            seen.cleaning |=
+                HOP_BY_HOP.contains(name) || name == header::EXPECT || name.as_str().contains('_');
+        }
+        seen
+    }
 }
 
 /// `ip` in its usual text form, appended to `out`; IPv4 by hand, as
@@ -1047,12 +1087,15 @@ fn downstream_response(
 
 /// Did the client say `TE: trailers` (gRPC clients do, over HTTP/2 too)?
 fn accepts_trailers(headers: &HeaderMap) -> bool {
-    headers
-        .get_all(header::TE)
-        .iter()
-        .filter_map(|v| v.to_str().ok())
-        .flat_map(|v| v.split(','))
-        .any(|t| t.trim().eq_ignore_ascii_case("trailers"))
+    // Few requests have a TE: a pass over the names costs less than the
+    // hashed lookup that would find none.
+    headers.keys().any(|k| k == header::TE)
+        && headers
+            .get_all(header::TE)
+            .iter()
+            .filter_map(|v| v.to_str().ok())
+            .flat_map(|v| v.split(','))
+            .any(|t| t.trim().eq_ignore_ascii_case("trailers"))
 }
 
 /// The protocol a request asks to upgrade to (`Connection: upgrade` plus

@@ -104,7 +104,7 @@ where
     loop {
         let head = loop {
             if !buf.is_empty() {
-                match parse_request(&mut buf) {
+                match parse_request(&mut buf, max_head) {
                     Parsed::Simple(head) => break head,
                     Parsed::Other => return Ok(End::Handoff(io, buf)),
                     Parsed::Partial if buf.len() > max_head => return Ok(End::Handoff(io, buf)),
@@ -197,8 +197,9 @@ fn poll_fill<I: AsyncRead + Unpin>(
 }
 
 /// Parse the request head at the start of `buf`; a head served here is
-/// taken out of it, and `buf` keeps what follows.
-fn parse_request(buf: &mut BytesMut) -> Parsed {
+/// taken out of it, and `buf` keeps what follows. A head longer than
+/// `max_head` is hyper's (to refuse).
+fn parse_request(buf: &mut BytesMut, max_head: usize) -> Parsed {
     // Offsets of each field's name and value in the head: the map is built
     // from slices of one shared buffer rather than from copies.
     let mut spans = [(0u32, 0u32, 0u32, 0u32); MAX_FIELDS];
@@ -212,7 +213,8 @@ fn parse_request(buf: &mut BytesMut) -> Parsed {
             &mut fields,
         );
         let len = match parsed {
-            Ok(httparse::Status::Complete(len)) => len,
+            Ok(httparse::Status::Complete(len)) if len <= max_head => len,
+            Ok(httparse::Status::Complete(_)) => return Parsed::Other,
             Ok(httparse::Status::Partial) => return Parsed::Partial,
             // Malformed, or more fields than MAX_FIELDS: hyper's to answer.
             Err(_) => return Parsed::Other,
@@ -790,7 +792,7 @@ mod tests {
     use super::*;
 
     fn parsed(head: &str) -> Parsed {
-        parse_request(&mut BytesMut::from(head.as_bytes()))
+        parse_request(&mut BytesMut::from(head.as_bytes()), 8192)
     }
 
     fn keep_alive(head: &str) -> bool {
@@ -830,6 +832,18 @@ mod tests {
             parsed("GET / HTTP/1.1\r\nHost: x\r\n"),
             Parsed::Partial
         ));
+        // A head over the limit is hyper's (the client wrapper refuses it).
+        let head = "GET / HTTP/1.1\r\nHost: x\r\n\r\n";
+        let mut buf = BytesMut::from(head.as_bytes());
+        assert!(matches!(
+            parse_request(&mut buf, head.len() - 1),
+            Parsed::Other
+        ));
+        assert_eq!(&buf[..], head.as_bytes(), "the head stays whole for hyper");
+        assert!(matches!(
+            parse_request(&mut buf, head.len()),
+            Parsed::Simple(_)
+        ));
     }
 
     #[test]
@@ -838,10 +852,10 @@ mod tests {
         // (httparse takes `<` in a target, http::Uri does not: hyper answers 400.)
         let bytes = b"GET /a<b HTTP/1.1\r\nHost: x\r\n\r\nGET / HTTP/1.1\r\n\r\n";
         let mut buf = BytesMut::from(&bytes[..]);
-        assert!(matches!(parse_request(&mut buf), Parsed::Other));
+        assert!(matches!(parse_request(&mut buf, 8192), Parsed::Other));
         assert_eq!(&buf[..], bytes, "the head is put back in front");
         let mut buf = BytesMut::from(&b"GET / HTTP/1.1\r\n\r\nGET /next HTTP/1.1\r\n"[..]);
-        assert!(matches!(parse_request(&mut buf), Parsed::Simple(_)));
+        assert!(matches!(parse_request(&mut buf, 8192), Parsed::Simple(_)));
         assert_eq!(&buf[..], b"GET /next HTTP/1.1\r\n", "what follows stays");
     }
 

@@ -282,7 +282,7 @@ fn bind(addr: SocketAddr) -> io::Result<TcpListener> {
     TcpListener::from_std(socket.into())
 }
 
-async fn accept_loop(listener: TcpListener, shared: Arc<Shared>, mut stop: watch::Receiver<bool>) {
+async fn accept_loop(listener: TcpListener, shared: Arc<Shared>, stop: watch::Receiver<bool>) {
     // A socket bound to one address accepts connections to that address:
     // no getsockname per connection (a system call per request for clients
     // that close after each). A wildcard socket's connections are asked.
@@ -291,18 +291,34 @@ async fn accept_loop(listener: TcpListener, shared: Arc<Shared>, mut stop: watch
         .ok()
         .filter(|a| !a.ip().is_unspecified());
     let mut backoff = Duration::from_millis(5);
+    // The stop signal's future is made once (a new one per accept
+    // registered with the channel anew), and `probe` sees a stop that
+    // came while connections kept arriving (the select prefers them).
+    let probe = stop.clone();
+    let mut watching = stop.clone();
+    let stopped = watching.changed();
+    tokio::pin!(stopped);
     loop {
+        if probe.has_changed().unwrap_or(true) {
+            return;
+        }
         // Take a connection slot first: past max_connections, accepts wait.
-        let permit = tokio::select! {
-            p = shared.connections.clone().acquire_owned() => match p {
-                Ok(p) => p,
-                Err(_) => return,
+        let permit = match shared.connections.clone().try_acquire_owned() {
+            Ok(p) => p,
+            Err(tokio::sync::TryAcquireError::Closed) => return,
+            Err(tokio::sync::TryAcquireError::NoPermits) => tokio::select! {
+                p = shared.connections.clone().acquire_owned() => match p {
+                    Ok(p) => p,
+                    Err(_) => return,
+                },
+                _ = &mut stopped => return,
             },
-            _ = stop.changed() => return,
         };
+        // `biased`: no random pick of which branch to poll first.
         let accepted = tokio::select! {
+            biased;
             a = listener.accept() => a,
-            _ = stop.changed() => return,
+            _ = &mut stopped => return,
         };
         match accepted {
             Ok((stream, remote)) => {
@@ -372,7 +388,6 @@ async fn serve_connection(
     let Some(local) = bound.or_else(|| stream.local_addr().ok()) else {
         return;
     };
-    let _ = stream.set_nodelay(true);
     // Connection-level settings are read once, from the configuration current
     // at accept time; a reload applies to new connections.
     let generation = shared.current();
@@ -423,15 +438,16 @@ async fn serve_connection(
 /// the parser refuses), hyper's auto builder, reading what was read first.
 async fn serve_plain_http2(
     shared: Arc<Shared>,
-    io: ClientIo,
+    mut io: ClientIo,
     info: ConnInfo,
     state: Arc<ConnState>,
     limits: HeadLimits,
     stop: watch::Receiver<bool>,
 ) {
+    io.serve_natively();
     let ended = serve_native(&shared, io, info, &state, &limits, &stop, false).await;
     if let Some(h1::End::Handoff(mut io, buffered)) = ended {
-        io.unpark(buffered.freeze());
+        io.hand_over(buffered);
         drive(shared, TokioIo::new(io), info, state, limits, stop).await;
     }
 }
@@ -547,13 +563,14 @@ async fn drive_http1(
 ) {
     let read_buffer = read_buffer_size(&limits, false);
     loop {
+        io.serve_natively();
         let ended = serve_native(&shared, io, info, &state, &limits, &stop, true).await;
         match ended {
             Some(h1::End::Idle(idle)) => return park(&shared, idle, limits, stop, slot),
             Some(h1::End::Handoff(handed, buffered)) => {
                 io = handed;
                 // hyper reads what was read for it first.
-                io.unpark(buffered.freeze());
+                io.hand_over(buffered);
             }
             Some(h1::End::Closed) | None => return,
         }
@@ -597,7 +614,13 @@ where
             None,
         ))
     };
-    let max_head = read_buffer_size(limits, info.tls);
+    // A plain connection's head limit is max_header_size: a larger head
+    // goes to hyper, and the client wrapper refuses it then (414 / 431).
+    // Under TLS it is the size of hyper's buffer, which refuses it (431).
+    let max_head = match info.tls {
+        true => read_buffer_size(limits, true),
+        false => limits.max_header_size,
+    };
     // Boxed, so that the task's own state stays small.
     let mut conn = Box::pin(h1::serve(io, state, max_head, handler));
     watch_connection(
@@ -762,6 +785,10 @@ where
     // channel. Not polled again once it has fired (`stopping`).
     // Polled when its receiver has seen a change, and once to register:
     // polling it at every wake-up was about 350 instructions a request.
+    // It registers once no request is in flight: until then the request
+    // wakes the connection, which looks at the probe (an atomic load); a
+    // connection that closes after its one request never registers (the
+    // registration and its removal were about 450 instructions).
     let probe = stop.clone();
     let mut registered = false;
     let changed = stop.changed();
@@ -852,8 +879,9 @@ where
                     return Poll::Ready(Event::Ended(result));
                 }
             }
-            let look = !registered || probe.has_changed().unwrap_or(true);
-            registered = true;
+            let look =
+                probe.has_changed().unwrap_or(true) || (!registered && state.in_flight() == 0);
+            registered |= look;
             if !stopping && look && changed.as_mut().poll(cx).is_ready() {
                 return Poll::Ready(Event::Stop);
             }

@@ -231,15 +231,16 @@ impl Pool {
         })
     }
 
-    /// The most recently used live idle connection to `slot`, if any.
-    fn take(&self, slot: usize) -> Option<Conn> {
+    /// The most recently used live idle connection to `slot`, if any;
+    /// `now` is the caller's (a clock read less).
+    fn take(&self, slot: usize, now: Instant) -> Option<Conn> {
         let mut stale = Vec::new();
         let found = {
             let mut idle = self.idle.lock().unwrap_or_else(|e| e.into_inner());
             let list = idle.by_slot.get_mut(slot)?;
             let mut found = None;
             while let Some(kept) = list.pop_back() {
-                if kept.since.elapsed() >= self.idle_timeout {
+                if now.saturating_duration_since(kept.since) >= self.idle_timeout {
                     // The newest has expired: so have the others.
                     stale.push(kept);
                     stale.extend(list.drain(..));
@@ -423,7 +424,7 @@ pub async fn send(
     send_timeout: Duration,
     read_timeout: Duration,
 ) -> Result<(http::response::Parts, ResponseBody), Failure> {
-    let mut kept = pool.take(slot);
+    let mut kept = pool.take(slot, start);
     loop {
         let reused = kept.is_some();
         let mut conn = match kept.take() {
@@ -542,7 +543,16 @@ async fn exchange(
         conn.stream.write_all(request.bytes).await?;
         conn.stream.flush().await // TLS: the last record out (no-op on TCP)
     };
-    match tokio::time::timeout(send_timeout, write).await {
+    // Most requests go out at once, into an empty socket buffer: the
+    // timer (and the clock read that sets it) only for one that waits.
+    let mut write = std::pin::pin!(write);
+    let at_once =
+        std::future::poll_fn(|cx| Poll::Ready(std::future::Future::poll(write.as_mut(), cx))).await;
+    let written = match at_once {
+        Poll::Ready(done) => Ok(done),
+        Poll::Pending => tokio::time::timeout(send_timeout, write).await,
+    };
+    match written {
         Ok(Ok(())) => {}
         Ok(Err(e)) => return Err(Exchanged::Nothing(e)),
         Err(_) => {
@@ -1176,9 +1186,9 @@ mod tests {
                 },
             );
         }
-        let small = pool.take(0).expect("kept");
+        let small = pool.take(0, Instant::now()).expect("kept");
         assert!(small.buf.capacity() >= MIN_READ, "a small buffer is reused");
-        let large = pool.take(1).expect("kept");
+        let large = pool.take(1, Instant::now()).expect("kept");
         assert_eq!(large.buf.capacity(), 0, "a large buffer is not kept idle");
     }
 

@@ -610,9 +610,8 @@ fn watch_reads(state: &ConnState, limits: &HeadLimits, can_park: bool, now_ms: u
     let at = |ms: u64| state.at_ms(ms);
     if state.in_flight.load(Relaxed) > 0 {
         // A request is being handled: body and upstream timeouts apply there.
-        return Watch::Sleep(
-            Instant::now() + limits.keepalive_timeout.max(Duration::from_millis(100)),
-        );
+        let after = limits.keepalive_timeout.max(Duration::from_millis(100));
+        return Watch::Sleep(at(now_ms + after.as_millis() as u64));
     }
     let head_started = state.head_started_ms.load(Relaxed);
     if state.requests.load(Relaxed) == 0 {

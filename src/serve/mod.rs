@@ -976,9 +976,11 @@ async fn handle(
     body: Option<Incoming>,
     upgrade: Option<hyper::upgrade::OnUpgrade>,
 ) -> Result<Response<ResponseBody>, CloseWithoutAnswer> {
-    let started = Instant::now();
     let (in_flight, request_number) = body::FinishGuard::start(state.clone());
     let generation = shared.current();
+    // The request's time is for the access log only: no clock read without it.
+    let logging = generation.config.settings.access_log != AccessLogTarget::Off;
+    let started = logging.then(Instant::now);
     let mut entry = Entry::default();
     match respond(
         &generation,
@@ -1000,7 +1002,7 @@ async fn handle(
             }
             // The writer is the one started with ginx; a reload that turns the
             // log off is honoured by not writing (entries are filled only then).
-            if generation.config.settings.access_log != AccessLogTarget::Off {
+            if let Some(started) = started {
                 response
                     .body_mut()
                     .log_on_drop(&shared.access_log, entry, started);

@@ -732,6 +732,29 @@ fn connection_options(headers: &HeaderMap) -> Vec<HeaderName> {
         .collect()
 }
 
+/// The field names that a request's Connection fields list, read where
+/// they stand: `connection_options` without a HeaderName made per token
+/// (a copy for each that is not a standard name, `close` among them) or a
+/// list to hold them: about 700 instructions for a `Connection: close`.
+struct ConnectionOptions<'a>(http::header::GetAll<'a, HeaderValue>);
+
+impl<'a> ConnectionOptions<'a> {
+    fn of(headers: &'a HeaderMap) -> Self {
+        ConnectionOptions(headers.get_all(header::CONNECTION))
+    }
+
+    /// `name` is among them (Host never is: it is not the client's to drop).
+    fn names(&self, name: &HeaderName) -> bool {
+        *name != header::HOST
+            && self
+                .0
+                .iter()
+                .filter_map(|v| v.to_str().ok())
+                .flat_map(|v| v.split(','))
+                .any(|t| t.trim().eq_ignore_ascii_case(name.as_str()))
+    }
+}
+
 /// An upstream response's headers as the client gets them: without the
 /// hop-by-hop ones and those Connection names, Server and Date (ginx sends
 /// its own) and `proxy_hide_header`. One pass over the names finds which
@@ -898,10 +921,9 @@ pub fn write_upstream_request(
     let is_set = |name: &HeaderName| set.iter().any(|(n, _)| *n == name);
     let seen = SeenFields::of(client);
     let cleaning = seen.cleaning;
-    let options = match cleaning {
-        true => connection_options(client),
-        false => Vec::new(),
-    };
+    // Looked up only when a hop-by-hop field is there (Connection is one).
+    let options = cleaning.then(|| ConnectionOptions::of(client));
+    let option = |name: &HeaderName| options.as_ref().is_some_and(|o| o.names(name));
     let room = seen.room
         + set
             .iter()
@@ -911,12 +933,12 @@ pub fn write_upstream_request(
     let mut had_length = false;
     for (name, value) in client {
         if name == header::CONTENT_LENGTH {
-            had_length = !(is_set(name) || cleaning && options.contains(name));
+            had_length = !(is_set(name) || option(name));
             continue;
         }
         let dropped = (cleaning
             && (HOP_BY_HOP.contains(name)
-                || options.contains(name)
+                || option(name)
                 || name == header::EXPECT
                 || name.as_str().contains('_')))
             || name == header::TRANSFER_ENCODING

@@ -560,16 +560,21 @@ fn encode_head(
     // so), and HTTP/1.0 for an HTTP/1.0 client, which stays open only when
     // the reply says keep-alive.
     let mut version = parts.version;
+    // A Connection value the reply must add: into the map when it has a
+    // Connection field (the values are joined on one line), else written
+    // where the map would have put it, after its fields (no insert, which
+    // could grow the map).
+    let mut connection_added: Option<&'static str> = None;
     if exchange.version == Version::HTTP_10 {
-        let says_keep_alive = headers
-            .get_all(header::CONNECTION)
+        let connection = headers.get_all(header::CONNECTION);
+        let says_keep_alive = connection
             .iter()
             .any(|v| has_token(v.as_bytes(), b"keep-alive"));
         if !says_keep_alive {
             if version == Version::HTTP_10 {
                 keep_alive = false;
             } else if keep_alive {
-                headers.append(header::CONNECTION, HeaderValue::from_static("keep-alive"));
+                connection_added = Some("keep-alive");
             }
         }
         version = Version::HTTP_10;
@@ -579,7 +584,12 @@ fn encode_head(
             .iter()
             .any(|v| has_token(v.as_bytes(), b"close"))
     {
-        headers.append(header::CONNECTION, HeaderValue::from_static("close"));
+        connection_added = Some("close");
+    }
+    // Only looked up when a value is to be added: most replies add none.
+    let connection_in_map = connection_added.is_some() && headers.contains_key(header::CONNECTION);
+    if let (Some(value), true) = (connection_added, connection_in_map) {
+        headers.append(header::CONNECTION, HeaderValue::from_static(value));
     }
     let mut is_last = !keep_alive || status == StatusCode::SWITCHING_PROTOCOLS;
 
@@ -652,6 +662,11 @@ fn encode_head(
         }
     }
     if previous == Some(&header::CONNECTION) {
+        out.extend_from_slice(b"\r\n");
+    }
+    if let (Some(value), false) = (connection_added, connection_in_map) {
+        out.extend_from_slice(b"connection: ");
+        out.extend_from_slice(value.as_bytes());
         out.extend_from_slice(b"\r\n");
     }
 

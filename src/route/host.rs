@@ -38,9 +38,17 @@ pub fn request_host(uri: &Uri, headers: &HeaderMap, version: Version) -> Result<
 
 /// The part after the host is empty or `:` and a port number (possibly
 /// empty, as RFC 3986 allows). `Authority::port` cannot tell: it reads a
-/// non-numeric port as no port at all.
+/// non-numeric port as no port at all. The authority has no `@` (refused
+/// before), so its host is what `Authority::host` finds without looking
+/// for one: a bracketed literal, or all up to the first `:` (that look
+/// was a third of routing an HTTP/2 request, which always has one).
 fn port_is_numeric(authority: &http::uri::Authority) -> bool {
-    let after_host = &authority.as_str()[authority.host().len()..];
+    let text = authority.as_str();
+    let host_len = match text.strip_prefix('[') {
+        Some(rest) => rest.find(']').map_or(text.len(), |i| i + 2),
+        None => text.find(':').unwrap_or(text.len()),
+    };
+    let after_host = &text[host_len..];
     match after_host.strip_prefix(':') {
         None => after_host.is_empty(),
         Some("") => true,
@@ -134,5 +142,24 @@ mod tests {
         assert_eq!(host("http://a:xyz/p"), Err(HostError::Invalid));
         assert_eq!(host("http://a:99999/p"), Err(HostError::Invalid));
         assert_eq!(host("http://a:+80/p"), Err(HostError::Invalid));
+        assert_eq!(host("http://[::1]/p"), Ok("[::1]".into()));
+        assert_eq!(host("http://[::1]:x/p"), Err(HostError::Invalid));
+        assert_eq!(host("http://[::1]:443/p"), Ok("[::1]".into()));
+    }
+
+    #[test]
+    fn the_host_end_is_found_as_authority_host_finds_it() {
+        for text in ["a", "a:1", "a:", "[::1]", "[::1]:8", "[::1]:", "x.y:80"] {
+            let authority: http::uri::Authority = text.parse().unwrap();
+            let after = &text[authority.host().len()..];
+            let numeric = match after.strip_prefix(':') {
+                None => after.is_empty(),
+                Some(port) => {
+                    port.bytes().all(|b| b.is_ascii_digit())
+                        && (port.is_empty() || port.parse::<u16>().is_ok())
+                }
+            };
+            assert_eq!(port_is_numeric(&authority), numeric, "{text}");
+        }
     }
 }

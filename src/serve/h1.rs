@@ -87,97 +87,115 @@ enum Parsed {
 /// `max_head` is the most a head may take before hyper is left to refuse
 /// it. A graceful stop (`state.is_draining()`) closes the connection once
 /// the request in hand is answered.
-pub async fn serve<I, H, F>(
+///
+/// A plain function returning an `async move` block rather than an `async
+/// fn`: an `async fn` keeps its arguments twice in its future (as given, and
+/// moved into the body's locals), and this future is made, and copied into
+/// its box, once per connection (`io` alone is 240 bytes).
+#[allow(clippy::manual_async_fn)] // see above: arguments kept once
+pub fn serve<I, H, F>(
     mut io: I,
     state: &ConnState,
     max_head: usize,
     mut handle: H,
-) -> io::Result<End<I>>
+) -> impl Future<Output = io::Result<End<I>>> + use<'_, I, H, F>
 where
     I: AsyncRead + AsyncWrite + Unpin,
     H: FnMut(http::request::Parts) -> F,
     F: Future<Output = Result<Response<ResponseBody>, CloseWithoutAnswer>>,
 {
-    let mut buf = BytesMut::new();
-    // Room for a usual response head: no reallocation while it is written.
-    let mut out = Vec::with_capacity(1024);
-    loop {
-        let head = loop {
-            if !buf.is_empty() {
-                match parse_request(&mut buf, max_head) {
-                    Parsed::Simple(head) => break head,
-                    Parsed::Other => return Ok(End::Handoff(io, buf)),
-                    Parsed::Partial if buf.len() > max_head => return Ok(End::Handoff(io, buf)),
-                    Parsed::Partial => {}
+    async move {
+        let mut buf = BytesMut::new();
+        // Room for a usual response head: no reallocation while it is written.
+        let mut out = Vec::with_capacity(1024);
+        loop {
+            let head = loop {
+                if !buf.is_empty() {
+                    match parse_request(&mut buf, max_head) {
+                        Parsed::Simple(head) => break head,
+                        Parsed::Other => return Ok(End::Handoff(io, buf)),
+                        Parsed::Partial if buf.len() > max_head => {
+                            return Ok(End::Handoff(io, buf))
+                        }
+                        Parsed::Partial => {}
+                    }
                 }
-            }
-            let read = std::future::poll_fn(|cx| {
-                if buf.is_empty() && (state.is_parking() || state.is_draining()) {
-                    return Poll::Ready(Ok(None));
+                let read = std::future::poll_fn(|cx| {
+                    if buf.is_empty() && (state.is_parking() || state.is_draining()) {
+                        return Poll::Ready(Ok(None));
+                    }
+                    poll_fill(&mut io, cx, &mut buf).map_ok(Some)
+                })
+                .await?;
+                match read {
+                    None if state.is_parking() => return Ok(End::Idle(io)),
+                    None => {
+                        let _ = io.shutdown().await;
+                        return Ok(End::Closed);
+                    }
+                    // The client closed (in the middle of a head or not): as
+                    // hyper, close without a word.
+                    Some(0) => return Ok(End::Closed),
+                    Some(_) => {}
                 }
-                poll_fill(&mut io, cx, &mut buf).map_ok(Some)
-            })
-            .await?;
-            match read {
-                None if state.is_parking() => return Ok(End::Idle(io)),
-                None => {
-                    let _ = io.shutdown().await;
-                    return Ok(End::Closed);
+            };
+            // The head is taken apart in a block of its own, so that its
+            // storage ends here rather than being kept in this future across
+            // the awaits below.
+            let (handling, method, version, mut keep_alive) = {
+                let Head { parts, keep_alive } = head;
+                let (method, version) = (parts.method.clone(), parts.version);
+                (handle(parts), method, version, keep_alive)
+            };
+            // While the request is handled, the socket is read on: a client
+            // that hangs up cancels its request (and the upstream's), as with
+            // hyper; what a pipelining client sends meanwhile waits in `buf`.
+            // A refused framing in what follows (InvalidData from the client
+            // wrapper) is not a hang-up: it is for the request that carries it,
+            // after this one is answered.
+            // In a block, so that neither the handler's future nor the
+            // answer's first place is kept while the response is written.
+            let response = {
+                tokio::pin!(handling);
+                let mut refused = false;
+                let answered = std::future::poll_fn(|cx| {
+                    if let Poll::Ready(answer) = handling.as_mut().poll(cx) {
+                        return Poll::Ready(Some(answer));
+                    }
+                    while !refused && buf.len() < max_head {
+                        match poll_fill(&mut io, cx, &mut buf) {
+                            Poll::Ready(Err(e)) if e.kind() == io::ErrorKind::InvalidData => {
+                                refused = true
+                            }
+                            Poll::Ready(Ok(0)) | Poll::Ready(Err(_)) => return Poll::Ready(None),
+                            Poll::Ready(Ok(_)) => {}
+                            Poll::Pending => break,
+                        }
+                    }
+                    Poll::Pending
+                })
+                .await;
+                match answered {
+                    Some(Ok(response)) => response,
+                    None | Some(Err(_)) => return Ok(End::Closed), // the client went, or `return 444`
                 }
-                // The client closed (in the middle of a head or not): as
-                // hyper, close without a word.
-                Some(0) => return Ok(End::Closed),
-                Some(_) => {}
+            };
+            if state.is_draining() {
+                keep_alive = false;
             }
-        };
-        let Head {
-            parts,
-            mut keep_alive,
-        } = head;
-        let method = parts.method.clone();
-        let version = parts.version;
-        // While the request is handled, the socket is read on: a client
-        // that hangs up cancels its request (and the upstream's), as with
-        // hyper; what a pipelining client sends meanwhile waits in `buf`.
-        // A refused framing in what follows (InvalidData from the client
-        // wrapper) is not a hang-up: it is for the request that carries it,
-        // after this one is answered.
-        let handling = handle(parts);
-        tokio::pin!(handling);
-        let mut refused = false;
-        let answered = std::future::poll_fn(|cx| {
-            if let Poll::Ready(answer) = handling.as_mut().poll(cx) {
-                return Poll::Ready(Some(answer));
+            let exchange = Exchange {
+                method: &method,
+                version,
+                keep_alive,
+            };
+            let keep_open = write_response(&mut io, &mut out, response, &exchange).await?;
+            if !keep_open {
+                let _ = io.shutdown().await;
+                return Ok(End::Closed);
             }
-            while !refused && buf.len() < max_head {
-                match poll_fill(&mut io, cx, &mut buf) {
-                    Poll::Ready(Err(e)) if e.kind() == io::ErrorKind::InvalidData => refused = true,
-                    Poll::Ready(Ok(0)) | Poll::Ready(Err(_)) => return Poll::Ready(None),
-                    Poll::Ready(Ok(_)) => {}
-                    Poll::Pending => break,
-                }
+            if out.capacity() > KEEP_OUT {
+                out = Vec::new();
             }
-            Poll::Pending
-        })
-        .await;
-        let Some(Ok(response)) = answered else {
-            return Ok(End::Closed); // the client went, or `return 444`
-        };
-        if state.is_draining() {
-            keep_alive = false;
-        }
-        let exchange = Exchange {
-            method: &method,
-            version,
-            keep_alive,
-        };
-        let keep_open = write_response(&mut io, &mut out, response, &exchange).await?;
-        if !keep_open {
-            let _ = io.shutdown().await;
-            return Ok(End::Closed);
-        }
-        if out.capacity() > KEEP_OUT {
-            out = Vec::new();
         }
     }
 }
@@ -383,12 +401,15 @@ enum Encoder {
 }
 
 /// Write the response; true when the connection stays open after it.
-async fn write_response<I>(
-    io: &mut I,
-    out: &mut Vec<u8>,
+///
+/// The head is encoded before the future is made, so that the future
+/// holds the body alone, not the whole response as well.
+fn write_response<'a, I>(
+    io: &'a mut I,
+    out: &'a mut Vec<u8>,
     response: Response<ResponseBody>,
     exchange: &Exchange<'_>,
-) -> io::Result<bool>
+) -> impl Future<Output = io::Result<bool>> + use<'a, I>
 where
     I: AsyncWrite + Unpin,
 {
@@ -399,16 +420,18 @@ where
     };
     out.clear();
     let (encoder, is_last) = encode_head(out, parts, length, exchange);
-    let ended = match encoder {
-        Encoder::Length(0) => {
-            drop(body); // HEAD, 204, 304, or nothing to send
-            io.write_all(out).await?;
-            true
-        }
-        _ => write_body(io, out, &mut body, encoder).await?,
-    };
-    io.flush().await?; // TLS: the last record out (no-op on TCP)
-    Ok(ended && !is_last && encoder != Encoder::UntilClose)
+    async move {
+        let ended = match encoder {
+            Encoder::Length(0) => {
+                drop(body); // HEAD, 204, 304, or nothing to send
+                io.write_all(out).await?;
+                true
+            }
+            _ => write_body(io, out, &mut body, encoder).await?,
+        };
+        io.flush().await?; // TLS: the last record out (no-op on TCP)
+        Ok(ended && !is_last && encoder != Encoder::UntilClose)
+    }
 }
 
 /// Write the body as `encoder` says, after what `out` holds (the head).

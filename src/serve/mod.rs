@@ -552,7 +552,11 @@ async fn drive<I>(
 /// idle connection is parked: its server side is dropped (buffers with it),
 /// then this task, and the socket waits in the parking lot for the next
 /// request.
-async fn drive_http1(
+///
+/// An `async move` block rather than an `async fn`, which would keep its
+/// arguments twice in the future (`io` alone is 240 bytes).
+#[allow(clippy::manual_async_fn)] // see above: arguments kept once
+fn drive_http1(
     shared: Arc<Shared>,
     mut io: ClientIo,
     info: ConnInfo,
@@ -560,79 +564,85 @@ async fn drive_http1(
     limits: HeadLimits,
     stop: watch::Receiver<bool>,
     slot: ConnSlot,
-) {
-    let read_buffer = read_buffer_size(&limits, false);
-    loop {
-        io.serve_natively();
-        let ended = serve_native(&shared, io, info, &state, &limits, &stop, true).await;
-        match ended {
-            Some(h1::End::Idle(idle)) => return park(&shared, idle, limits, stop, slot),
-            Some(h1::End::Handoff(handed, buffered)) => {
-                io = handed;
-                // hyper reads what was read for it first.
-                io.hand_over(buffered);
+) -> impl Future<Output = ()> {
+    async move {
+        let read_buffer = read_buffer_size(&limits, false);
+        loop {
+            io.serve_natively();
+            let ended = serve_native(&shared, io, info, &state, &limits, &stop, true).await;
+            match ended {
+                Some(h1::End::Idle(idle)) => return park(&shared, idle, limits, stop, slot),
+                Some(h1::End::Handoff(handed, buffered)) => {
+                    io = handed;
+                    // hyper reads what was read for it first.
+                    io.hand_over(buffered);
+                }
+                Some(h1::End::Closed) | None => return,
             }
-            Some(h1::End::Closed) | None => return,
+            let Some((handed, leftover)) =
+                serve_hyper_http1(&shared, io, info, &state, &limits, &stop, read_buffer).await
+            else {
+                return;
+            };
+            io = handed;
+            if leftover.is_empty() {
+                return park(&shared, io, limits, stop, slot);
+            }
+            // The next request had begun to arrive: serve it on.
+            io.unpark(leftover);
         }
-        let Some((handed, leftover)) =
-            serve_hyper_http1(&shared, io, info, &state, &limits, &stop, read_buffer).await
-        else {
-            return;
-        };
-        io = handed;
-        if leftover.is_empty() {
-            return park(&shared, io, limits, stop, slot);
-        }
-        // The next request had begun to arrive: serve it on.
-        io.unpark(leftover);
     }
 }
 
 /// Serve `io` with ginx's own HTTP/1 side (`h1`) under the connection's
 /// watchdog, until it closes, is to be parked (`can_park`), or is to be
-/// handed to hyper. None: it closed, or the watchdog closed it.
-async fn serve_native<I>(
-    shared: &Arc<Shared>,
+/// handed to hyper. None: it closed, or the watchdog closed it. (An `async
+/// move` block, as `drive_http1`, so that `io` is kept once.)
+#[allow(clippy::manual_async_fn)] // see above: arguments kept once
+fn serve_native<'a, I>(
+    shared: &'a Arc<Shared>,
     io: I,
     info: ConnInfo,
-    state: &Arc<ConnState>,
-    limits: &HeadLimits,
-    stop: &watch::Receiver<bool>,
+    state: &'a Arc<ConnState>,
+    limits: &'a HeadLimits,
+    stop: &'a watch::Receiver<bool>,
     can_park: bool,
-) -> Option<h1::End<I>>
+) -> impl Future<Output = Option<h1::End<I>>> + use<'a, I>
 where
     I: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin,
 {
-    let handler = |parts| {
-        // Boxed, as hyper's (see `handle_request`).
-        Box::pin(handle(
-            shared.clone(),
-            state.clone(),
-            info,
-            parts,
-            None,
-            None,
-        ))
-    };
-    // A plain connection's head limit is max_header_size: a larger head
-    // goes to hyper, and the client wrapper refuses it then (414 / 431).
-    // Under TLS it is the size of hyper's buffer, which refuses it (431).
-    let max_head = match info.tls {
-        true => read_buffer_size(limits, true),
-        false => limits.max_header_size,
-    };
-    // Boxed, so that the task's own state stays small.
-    let mut conn = Box::pin(h1::serve(io, state, max_head, handler));
-    watch_connection(
-        conn.as_mut(),
-        |_| drain_native(state),
-        state,
-        limits,
-        stop.clone(),
-        info.remote,
-        can_park,
-    )
-    .await
+    async move {
+        let handler = |parts| {
+            // Boxed, as hyper's (see `handle_request`).
+            Box::pin(handle(
+                shared.clone(),
+                state.clone(),
+                info,
+                parts,
+                None,
+                None,
+            ))
+        };
+        // A plain connection's head limit is max_header_size: a larger head
+        // goes to hyper, and the client wrapper refuses it then (414 / 431).
+        // Under TLS it is the size of hyper's buffer, which refuses it (431).
+        let max_head = match info.tls {
+            true => read_buffer_size(limits, true),
+            false => limits.max_header_size,
+        };
+        // Boxed, so that the task's own state stays small.
+        let mut conn = Box::pin(h1::serve(io, state, max_head, handler));
+        watch_connection(
+            conn.as_mut(),
+            |_| drain_native(state),
+            state,
+            limits,
+            stop.clone(),
+            info.remote,
+            can_park,
+        )
+        .await
+    }
 }
 
 /// A graceful stop for ginx's own HTTP/1 side; parking (which also asks
@@ -954,217 +964,229 @@ impl std::error::Error for CloseWithoutAnswer {}
 /// a task of its own), and a box makes each move 8 bytes instead of the few
 /// KiB that forwarding needs; it also means a connection between requests
 /// holds no room for one.
-async fn handle_request(
+fn handle_request(
     shared: Arc<Shared>,
     state: Arc<ConnState>,
     info: ConnInfo,
     mut req: Request<Incoming>,
-) -> Result<Response<ResponseBody>, CloseWithoutAnswer> {
+) -> impl Future<Output = Result<Response<ResponseBody>, CloseWithoutAnswer>> {
     // An upgrade request (WebSocket) keeps its hook for after the 101.
     let upgrade = forward::wants_upgrade(req.headers()).then(|| hyper::upgrade::on(&mut req));
     let (parts, body) = req.into_parts();
-    handle(shared, state, info, parts, Some(body), upgrade).await
+    // `handle`'s own future, not one around it holding the request too.
+    handle(shared, state, info, parts, Some(body), upgrade)
 }
 
 /// A request from either server side: hyper's (`body` is its body) or
 /// ginx's own HTTP/1 one (no body; see `h1`).
-async fn handle(
+///
+/// An `async move` block rather than an `async fn`, which would keep its
+/// arguments twice in the future (`parts` alone is 224 bytes): this future
+/// is made, and copied into its box, once per request.
+#[allow(clippy::manual_async_fn)] // see above: arguments kept once
+fn handle(
     shared: Arc<Shared>,
     state: Arc<ConnState>,
     info: ConnInfo,
     parts: http::request::Parts,
     body: Option<Incoming>,
     upgrade: Option<hyper::upgrade::OnUpgrade>,
-) -> Result<Response<ResponseBody>, CloseWithoutAnswer> {
-    let (in_flight, request_number) = body::FinishGuard::start(state.clone());
-    let generation = shared.current();
-    // The request's time is for the access log only: no clock read without it.
-    let logging = generation.config.settings.access_log != AccessLogTarget::Off;
-    let started = logging.then(Instant::now);
-    let mut entry = Entry::default();
-    match respond(
-        &generation,
-        &shared.metrics,
-        &state,
-        info,
-        &parts,
-        body,
-        upgrade,
-        request_number,
-        &mut entry,
-    )
-    .await
-    {
-        Some(mut response) => {
-            entry.status = response.status().as_u16();
-            if response.status() == http::StatusCode::SWITCHING_PROTOCOLS {
-                state.mark_upgraded();
+) -> impl Future<Output = Result<Response<ResponseBody>, CloseWithoutAnswer>> {
+    async move {
+        let (in_flight, request_number) = body::FinishGuard::start(state.clone());
+        let generation = shared.current();
+        // The request's time is for the access log only: no clock read without it.
+        let logging = generation.config.settings.access_log != AccessLogTarget::Off;
+        let started = logging.then(Instant::now);
+        let mut entry = Entry::default();
+        match respond(
+            &generation,
+            &shared.metrics,
+            &state,
+            info,
+            &parts,
+            body,
+            upgrade,
+            request_number,
+            &mut entry,
+        )
+        .await
+        {
+            Some(mut response) => {
+                entry.status = response.status().as_u16();
+                if response.status() == http::StatusCode::SWITCHING_PROTOCOLS {
+                    state.mark_upgraded();
+                }
+                // The writer is the one started with ginx; a reload that turns the
+                // log off is honoured by not writing (entries are filled only then).
+                if let Some(started) = started {
+                    response
+                        .body_mut()
+                        .log_on_drop(&shared.access_log, entry, started);
+                }
+                response.body_mut().finish_on_drop(in_flight);
+                Ok(response)
             }
-            // The writer is the one started with ginx; a reload that turns the
-            // log off is honoured by not writing (entries are filled only then).
-            if let Some(started) = started {
-                response
-                    .body_mut()
-                    .log_on_drop(&shared.access_log, entry, started);
-            }
-            response.body_mut().finish_on_drop(in_flight);
-            Ok(response)
+            None => Err(CloseWithoutAnswer),
         }
-        None => Err(CloseWithoutAnswer),
     }
 }
 
 /// The response for a request, or None to close the connection without one.
 #[allow(clippy::too_many_arguments)]
-async fn respond(
-    generation: &Generation,
-    metrics: &crate::admin::Metrics,
-    conn_state: &ConnState,
+#[allow(clippy::manual_async_fn)] // as `handle`: arguments kept once
+fn respond<'a>(
+    generation: &'a Generation,
+    metrics: &'a crate::admin::Metrics,
+    conn_state: &'a ConnState,
     conn: ConnInfo,
-    parts: &http::request::Parts,
+    parts: &'a http::request::Parts,
     body: Option<Incoming>,
     upgrade: Option<hyper::upgrade::OnUpgrade>,
     request_number: u64,
-    entry: &mut Entry,
-) -> Option<Response<ResponseBody>> {
-    let config = &generation.config;
-    if config.settings.access_log != AccessLogTarget::Off {
-        let header = |name: http::header::HeaderName| {
-            parts
-                .headers
-                .get(name)
-                .and_then(|v| v.to_str().ok())
-                .unwrap_or("")
-                .to_string()
+    entry: &'a mut Entry,
+) -> impl Future<Output = Option<Response<ResponseBody>>> + use<'a> {
+    async move {
+        let config = &generation.config;
+        if config.settings.access_log != AccessLogTarget::Off {
+            let header = |name: http::header::HeaderName| {
+                parts
+                    .headers
+                    .get(name)
+                    .and_then(|v| v.to_str().ok())
+                    .unwrap_or("")
+                    .to_string()
+            };
+            entry.remote = Some(conn.remote);
+            entry.time = Some(std::time::SystemTime::now());
+            entry.request = format!("{} {} {:?}", parts.method, parts.uri, parts.version);
+            entry.referer = header(http::header::REFERER);
+            entry.user_agent = header(http::header::USER_AGENT);
+            entry.host = header(http::header::HOST);
+        }
+        let settings = &config.settings;
+        let Some(listener) = config.listener_for(conn.local) else {
+            // The address was removed by a reload while this connection was open.
+            let mut r = respond::page(
+                http::StatusCode::SERVICE_UNAVAILABLE,
+                settings.server_tokens,
+            );
+            respond::finish_headers(&mut r, settings, None, None, true);
+            return Some(r);
         };
-        entry.remote = Some(conn.remote);
-        entry.time = Some(std::time::SystemTime::now());
-        entry.request = format!("{} {} {:?}", parts.method, parts.uri, parts.version);
-        entry.referer = header(http::header::REFERER);
-        entry.user_agent = header(http::header::USER_AGENT);
-        entry.host = header(http::header::HOST);
-    }
-    let settings = &config.settings;
-    let Some(listener) = config.listener_for(conn.local) else {
-        // The address was removed by a reload while this connection was open.
-        let mut r = respond::page(
-            http::StatusCode::SERVICE_UNAVAILABLE,
-            settings.server_tokens,
-        );
-        respond::finish_headers(&mut r, settings, None, None, true);
-        return Some(r);
-    };
-    let close = request_number >= listener.limits.keepalive_requests;
-    let info = RequestInfo {
-        method: &parts.method,
-        uri: &parts.uri,
-        headers: &parts.headers,
-        version: parts.version,
-        local: conn.local,
-        remote: conn.remote,
-        tls: conn.tls,
-    };
-    // Without a body (ginx's own HTTP/1 side) there is no Transfer-Encoding.
-    let framed = body.is_some().then(|| refuse_framing(&parts.headers));
-    let refused = framed.flatten().or_else(|| {
-        let e = conn_state.framing_error(request_number)?;
-        Some((e.status(), e.reason()))
-    });
-    if let Some((status, reason)) = refused {
-        entry.reason = Some(reason.to_string());
-        tracing::info!(status = status.as_u16(), reason, client = %conn.remote, "request refused");
-        let mut r = respond::page(status, settings.server_tokens);
-        respond::finish_headers(&mut r, settings, None, None, true);
-        return Some(r);
-    }
-    let routed = route::route(listener, &info, None);
-    let mut response = match &routed.outcome {
-        Outcome::Close => return None,
-        Outcome::Proxy { uri } => 'proxy: {
-            // A chunked body has already declared more than the limit: answer
-            // before contacting the upstream.
-            let limit = routed.location.map_or(0, |l| l.client_max_body_size);
-            if !conn_state.limit_body(request_number, limit) {
-                let over = framing::FramingError::OverBodyLimit;
-                let (status, reason) = (over.status(), over.reason());
-                entry.reason = Some(reason.to_string());
-                tracing::info!(status = status.as_u16(), reason, uri = %parts.uri, client = %conn.remote, "request refused");
-                break 'proxy respond::page(status, settings.server_tokens);
-            }
-            let mut report = UpstreamReport::default();
-            // Boxed on its own: it is 2 KiB of the handler's future, and a
-            // future is moved whole, once into its caller's and once into
-            // its box; a `return` then moves none of it.
-            let result = Box::pin(forward::forward(
-                &generation.upstreams,
-                &routed,
-                &info,
-                body,
-                upgrade,
-                uri,
-                &mut report,
-            ))
-            .await;
-            if let (Some(t), Some(rt)) = (
-                report.response_time,
-                report.group.and_then(|g| generation.upstreams.get(g)),
-            ) {
-                rt.response_time
-                    .get_or_init(|| {
-                        let labels = crate::admin::UpstreamLabels {
-                            upstream: rt.upstream.name.to_string(),
-                        };
-                        metrics.upstream_time.get_or_create(&labels).clone()
-                    })
-                    .observe(t.as_secs_f64());
-            }
-            entry.upstream_addr = report.addr;
-            entry.upstream_status = report.status;
-            entry.upstream_response_time = report.response_time;
-            match result {
-                Ok(response) => response,
-                Err(mut e) => {
-                    // The body stopped because the wrapper refused its framing:
-                    // say why (hyper's error only says the body failed).
-                    if let Some(framing) = conn_state.framing_error(request_number) {
-                        e.status = framing.status();
-                        e.reason = framing.reason().to_string();
+        let close = request_number >= listener.limits.keepalive_requests;
+        let info = RequestInfo {
+            method: &parts.method,
+            uri: &parts.uri,
+            headers: &parts.headers,
+            version: parts.version,
+            local: conn.local,
+            remote: conn.remote,
+            tls: conn.tls,
+        };
+        // Without a body (ginx's own HTTP/1 side) there is no Transfer-Encoding.
+        let framed = body.is_some().then(|| refuse_framing(&parts.headers));
+        let refused = framed.flatten().or_else(|| {
+            let e = conn_state.framing_error(request_number)?;
+            Some((e.status(), e.reason()))
+        });
+        if let Some((status, reason)) = refused {
+            entry.reason = Some(reason.to_string());
+            tracing::info!(status = status.as_u16(), reason, client = %conn.remote, "request refused");
+            let mut r = respond::page(status, settings.server_tokens);
+            respond::finish_headers(&mut r, settings, None, None, true);
+            return Some(r);
+        }
+        let routed = route::route(listener, &info, None);
+        let mut response = match &routed.outcome {
+            Outcome::Close => return None,
+            Outcome::Proxy { uri } => 'proxy: {
+                // A chunked body has already declared more than the limit: answer
+                // before contacting the upstream.
+                let limit = routed.location.map_or(0, |l| l.client_max_body_size);
+                if !conn_state.limit_body(request_number, limit) {
+                    let over = framing::FramingError::OverBodyLimit;
+                    let (status, reason) = (over.status(), over.reason());
+                    entry.reason = Some(reason.to_string());
+                    tracing::info!(status = status.as_u16(), reason, uri = %parts.uri, client = %conn.remote, "request refused");
+                    break 'proxy respond::page(status, settings.server_tokens);
+                }
+                let mut report = UpstreamReport::default();
+                // Boxed on its own: it is 2 KiB of the handler's future, and a
+                // future is moved whole, once into its caller's and once into
+                // its box; a `return` then moves none of it.
+                let result = Box::pin(forward::forward(
+                    &generation.upstreams,
+                    &routed,
+                    &info,
+                    body,
+                    upgrade,
+                    uri,
+                    &mut report,
+                ))
+                .await;
+                if let (Some(t), Some(rt)) = (
+                    report.response_time,
+                    report.group.and_then(|g| generation.upstreams.get(g)),
+                ) {
+                    rt.response_time
+                        .get_or_init(|| {
+                            let labels = crate::admin::UpstreamLabels {
+                                upstream: rt.upstream.name.to_string(),
+                            };
+                            metrics.upstream_time.get_or_create(&labels).clone()
+                        })
+                        .observe(t.as_secs_f64());
+                }
+                entry.upstream_addr = report.addr;
+                entry.upstream_status = report.status;
+                entry.upstream_response_time = report.response_time;
+                match result {
+                    Ok(response) => response,
+                    Err(mut e) => {
+                        // The body stopped because the wrapper refused its framing:
+                        // say why (hyper's error only says the body failed).
+                        if let Some(framing) = conn_state.framing_error(request_number) {
+                            e.status = framing.status();
+                            e.reason = framing.reason().to_string();
+                        }
+                        entry.reason = Some(e.reason.clone());
+                        tracing::info!(status = e.status.as_u16(), reason = %e.reason, uri = %parts.uri, client = %conn.remote, "request answered by ginx");
+                        respond::page(e.status, settings.server_tokens)
                     }
-                    entry.reason = Some(e.reason.clone());
-                    tracing::info!(status = e.status.as_u16(), reason = %e.reason, uri = %parts.uri, client = %conn.remote, "request answered by ginx");
-                    respond::page(e.status, settings.server_tokens)
                 }
             }
-        }
-        Outcome::Error { status, reason } => {
-            entry.reason = Some(reason.to_string());
-            tracing::info!(status = status.as_u16(), reason, uri = %parts.uri, client = %conn.remote, "request answered by ginx");
-            respond::outcome_response(&routed.outcome, settings)
-        }
-        _ => respond::outcome_response(&routed.outcome, settings),
-    };
-    let rules = routed
-        .location
-        .map(|l| &l.headers)
-        .unwrap_or(&routed.server.headers);
-    let ctx = routed.var_context(&info);
-    static NO_LOCATION: std::sync::LazyLock<Arc<str>> = std::sync::LazyLock::new(|| Arc::from("-"));
-    let server = routed.server;
-    let counters = match routed.location {
-        Some(l) => l
-            .counters
-            .get_or_init(|| metrics.status_counters(&server.label, &l.label)),
-        None => server
-            .counters
-            .get_or_init(|| metrics.status_counters(&server.label, &NO_LOCATION)),
-    };
-    counters.count(response.status().as_u16());
-    // A 101's Connection says "upgrade": it must not be turned into "close".
-    // After a malformed request (400) the connection is not trusted: close it, as nginx.
-    let close = (close
-        || response.status() == http::StatusCode::BAD_REQUEST
-        || conn_state.framing_error(request_number).is_some())
-        && response.status() != http::StatusCode::SWITCHING_PROTOCOLS;
-    respond::finish_headers(&mut response, settings, Some(rules), Some(&ctx), close);
-    Some(response)
+            Outcome::Error { status, reason } => {
+                entry.reason = Some(reason.to_string());
+                tracing::info!(status = status.as_u16(), reason, uri = %parts.uri, client = %conn.remote, "request answered by ginx");
+                respond::outcome_response(&routed.outcome, settings)
+            }
+            _ => respond::outcome_response(&routed.outcome, settings),
+        };
+        let rules = routed
+            .location
+            .map(|l| &l.headers)
+            .unwrap_or(&routed.server.headers);
+        let ctx = routed.var_context(&info);
+        static NO_LOCATION: std::sync::LazyLock<Arc<str>> =
+            std::sync::LazyLock::new(|| Arc::from("-"));
+        let server = routed.server;
+        let counters = match routed.location {
+            Some(l) => l
+                .counters
+                .get_or_init(|| metrics.status_counters(&server.label, &l.label)),
+            None => server
+                .counters
+                .get_or_init(|| metrics.status_counters(&server.label, &NO_LOCATION)),
+        };
+        counters.count(response.status().as_u16());
+        // A 101's Connection says "upgrade": it must not be turned into "close".
+        // After a malformed request (400) the connection is not trusted: close it, as nginx.
+        let close = (close
+            || response.status() == http::StatusCode::BAD_REQUEST
+            || conn_state.framing_error(request_number).is_some())
+            && response.status() != http::StatusCode::SWITCHING_PROTOCOLS;
+        respond::finish_headers(&mut response, settings, Some(rules), Some(&ctx), close);
+        Some(response)
+    }
 }

@@ -1475,4 +1475,29 @@ mod tests {
             assert_eq!(out, format!("x, {ip}").into_bytes());
         }
     }
+
+    #[test]
+    fn connection_options_are_found_in_short_and_long_lists() {
+        use super::ConnectionOptions;
+        use http::header::{HeaderMap, HeaderName, HeaderValue, CONNECTION};
+        let named = |values: &[&str], name: &str| {
+            let mut headers = HeaderMap::new();
+            for v in values {
+                headers.append(CONNECTION, HeaderValue::from_str(v).unwrap());
+            }
+            ConnectionOptions::of(&headers).names(&HeaderName::from_bytes(name.as_bytes()).unwrap())
+        };
+        assert!(named(&["close"], "close"));
+        assert!(!named(&["close"], "x-secret"));
+        assert!(named(&["close, X-Secret"], "x-secret"));
+        assert!(named(&[" , keep-alive ,x-a"], "x-a"));
+        assert!(!named(&["host"], "host"), "Host is never dropped");
+        // More tokens than are held at once, over several fields: the last
+        // ones are still found.
+        let long = ["a, b", "c,d", "e", "close, X-Late"];
+        for name in ["a", "d", "e", "close", "x-late"] {
+            assert!(named(&long, name), "{name}");
+        }
+        assert!(!named(&long, "x-other"));
+    }
 }

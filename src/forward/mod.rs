@@ -1477,7 +1477,7 @@ mod tests {
     }
 
     #[test]
-    fn connection_options_are_found_in_short_and_long_lists() {
+    fn connection_options_are_found_in_every_field_and_token() {
         use super::ConnectionOptions;
         use http::header::{HeaderMap, HeaderName, HeaderValue, CONNECTION};
         let named = |values: &[&str], name: &str| {
@@ -1492,8 +1492,7 @@ mod tests {
         assert!(named(&["close, X-Secret"], "x-secret"));
         assert!(named(&[" , keep-alive ,x-a"], "x-a"));
         assert!(!named(&["host"], "host"), "Host is never dropped");
-        // More tokens than are held at once, over several fields: the last
-        // ones are still found.
+        // Tokens over several fields: the last field's are found too.
         let long = ["a, b", "c,d", "e", "close, X-Late"];
         for name in ["a", "d", "e", "close", "x-late"] {
             assert!(named(&long, name), "{name}");

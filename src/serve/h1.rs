@@ -87,12 +87,9 @@ enum Parsed {
 /// `max_head` is the most a head may take before hyper is left to refuse
 /// it. A graceful stop (`state.is_draining()`) closes the connection once
 /// the request in hand is answered.
-///
-/// A plain function returning an `async move` block rather than an `async
-/// fn`: an `async fn` keeps its arguments twice in its future (as given, and
-/// moved into the body's locals), and this future is made, and copied into
-/// its box, once per connection (`io` alone is 240 bytes).
-#[allow(clippy::manual_async_fn)] // see above: arguments kept once
+/// (An `async move` block, for the reason given at `serve::handle`: `io`
+/// alone is 240 bytes.)
+#[allow(clippy::manual_async_fn)] // arguments kept once: see `serve::handle`
 pub fn serve<I, H, F>(
     mut io: I,
     state: &ConnState,
@@ -147,15 +144,16 @@ where
                 let (method, version) = (parts.method.clone(), parts.version);
                 (handle(parts), method, version, keep_alive)
             };
-            // While the request is handled, the socket is read on: a client
-            // that hangs up cancels its request (and the upstream's), as with
-            // hyper; what a pipelining client sends meanwhile waits in `buf`.
-            // A refused framing in what follows (InvalidData from the client
-            // wrapper) is not a hang-up: it is for the request that carries it,
-            // after this one is answered.
             // In a block, so that neither the handler's future nor the
             // answer's first place is kept while the response is written.
             let response = {
+                // While the request is handled, the socket is read on: a
+                // client that hangs up cancels its request (and the
+                // upstream's), as with hyper; what a pipelining client sends
+                // meanwhile waits in `buf`. A refused framing in what follows
+                // (InvalidData from the client wrapper) is not a hang-up: it
+                // is for the request that carries it, after this one is
+                // answered.
                 tokio::pin!(handling);
                 let mut refused = false;
                 let answered = std::future::poll_fn(|cx| {

@@ -552,10 +552,8 @@ async fn drive<I>(
 /// idle connection is parked: its server side is dropped (buffers with it),
 /// then this task, and the socket waits in the parking lot for the next
 /// request.
-///
-/// An `async move` block rather than an `async fn`, which would keep its
-/// arguments twice in the future (`io` alone is 240 bytes).
-#[allow(clippy::manual_async_fn)] // see above: arguments kept once
+/// (An `async move` block, as `handle`: `io` alone is 240 bytes.)
+#[allow(clippy::manual_async_fn)] // arguments kept once: see `handle`
 fn drive_http1(
     shared: Arc<Shared>,
     mut io: ClientIo,
@@ -597,8 +595,8 @@ fn drive_http1(
 /// Serve `io` with ginx's own HTTP/1 side (`h1`) under the connection's
 /// watchdog, until it closes, is to be parked (`can_park`), or is to be
 /// handed to hyper. None: it closed, or the watchdog closed it. (An `async
-/// move` block, as `drive_http1`, so that `io` is kept once.)
-#[allow(clippy::manual_async_fn)] // see above: arguments kept once
+/// move` block, as `handle`.)
+#[allow(clippy::manual_async_fn)] // arguments kept once: see `handle`
 fn serve_native<'a, I>(
     shared: &'a Arc<Shared>,
     io: I,
@@ -980,10 +978,12 @@ fn handle_request(
 /// A request from either server side: hyper's (`body` is its body) or
 /// ginx's own HTTP/1 one (no body; see `h1`).
 ///
-/// An `async move` block rather than an `async fn`, which would keep its
-/// arguments twice in the future (`parts` alone is 224 bytes): this future
-/// is made, and copied into its box, once per request.
-#[allow(clippy::manual_async_fn)] // see above: arguments kept once
+/// A plain function returning an `async move` block, as are the other
+/// futures made per request or per connection here and in `h1`: an `async
+/// fn` keeps each argument twice in its future (as passed, and moved into
+/// the body's locals), and a future is copied whole, padding and all, into
+/// its box (`parts` alone is 224 bytes).
+#[allow(clippy::manual_async_fn)] // arguments kept once: see above
 fn handle(
     shared: Arc<Shared>,
     state: Arc<ConnState>,
@@ -1034,7 +1034,7 @@ fn handle(
 
 /// The response for a request, or None to close the connection without one.
 #[allow(clippy::too_many_arguments)]
-#[allow(clippy::manual_async_fn)] // as `handle`: arguments kept once
+#[allow(clippy::manual_async_fn)] // arguments kept once: see `handle`
 fn respond<'a>(
     generation: &'a Generation,
     metrics: &'a crate::admin::Metrics,

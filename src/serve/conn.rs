@@ -17,6 +17,7 @@
 
 use super::framing::{Framing, FramingError, Verdict};
 use super::respond::error_page_bytes;
+use super::socket::{ClientSocket, HANGUP_WATCH_AFTER};
 use std::io;
 use std::pin::Pin;
 use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, AtomicU8, Ordering::Relaxed};
@@ -24,7 +25,6 @@ use std::sync::Arc;
 use std::task::{Context, Poll};
 use std::time::{Duration, Instant};
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
-use tokio::net::TcpStream;
 
 /// What the connection task, the IO wrapper and the request handler share.
 pub struct ConnState {
@@ -67,6 +67,12 @@ pub struct ConnState {
     declared_body_of: AtomicU64,
     /// Close the socket with a reset (SO_LINGER 0) rather than a FIN.
     reset: AtomicBool,
+    /// Milliseconds since `start` when the hang-up watch of the request in
+    /// hand was put off (its socket is unregistered, `super::socket`); 0 = not.
+    hangup_deferred_ms: AtomicU64,
+    /// The watchdog found that request in hand long enough: the wrapper
+    /// registers the socket to watch it.
+    hangup_watch: AtomicBool,
     /// A [`FramingError`] code: the wrapper refused the framing of request
     /// number `framing_error_of`.
     framing_error: AtomicU8,
@@ -98,6 +104,8 @@ impl ConnState {
             declared_body: AtomicU64::new(0),
             declared_body_of: AtomicU64::new(0),
             reset: AtomicBool::new(false),
+            hangup_deferred_ms: AtomicU64::new(0),
+            hangup_watch: AtomicBool::new(false),
             framing_error: AtomicU8::new(0),
             framing_error_of: AtomicU64::new(0),
             server_tokens,
@@ -148,13 +156,27 @@ impl ConnState {
     }
 
     /// Changes whenever a deadline may have moved: a request started or
-    /// finished, or a head's first byte arrived.
-    pub fn progress(&self) -> (u32, u64, u64) {
+    /// finished, a head's first byte arrived, a write began to wait, or a
+    /// hang-up watch was put off.
+    pub fn progress(&self) -> (u32, u64, u64, u64) {
         (
             self.epoch.load(Relaxed),
             self.head_started_ms.load(Relaxed),
             self.write_blocked_ms.load(Relaxed),
+            self.hangup_deferred_ms.load(Relaxed),
         )
+    }
+
+    /// The wrapper put off watching for a hang-up during the request in hand.
+    fn defer_hangup_watch(&self) {
+        if self.hangup_deferred_ms.load(Relaxed) == 0 {
+            self.hangup_deferred_ms.store(self.now_ms(), Relaxed);
+        }
+    }
+
+    /// Ask the wrapper to watch for a hang-up (registering the socket).
+    pub fn start_hangup_watch(&self) {
+        self.hangup_watch.store(true, Relaxed);
     }
 
     /// Note whether a write to the client went through or has to wait.
@@ -239,6 +261,7 @@ impl ConnState {
     /// The response (body included) has been handed to hyper.
     pub fn request_finished(&self) {
         self.idle_since_ms.store(self.now_ms(), Relaxed);
+        self.hangup_deferred_ms.store(0, Relaxed);
         self.epoch.fetch_add(1, Relaxed);
         self.in_flight.fetch_sub(1, Relaxed);
     }
@@ -280,7 +303,7 @@ pub enum Wire {
 
 /// The client socket as the server side (ginx's own HTTP/1 side, or hyper) sees it.
 pub struct ClientIo {
-    inner: TcpStream,
+    inner: ClientSocket,
     state: Arc<ConnState>,
     limits: HeadLimits,
     framing: Framing,
@@ -303,7 +326,7 @@ pub struct ClientIo {
 }
 
 impl ClientIo {
-    pub fn new(inner: TcpStream, state: Arc<ConnState>, limits: HeadLimits, wire: Wire) -> Self {
+    pub fn new(inner: ClientSocket, state: Arc<ConnState>, limits: HeadLimits, wire: Wire) -> Self {
         ClientIo {
             inner,
             state,
@@ -357,7 +380,7 @@ impl ClientIo {
 
     /// A parked connection whose client spoke again, served anew.
     pub fn resumed(
-        inner: TcpStream,
+        inner: ClientSocket,
         requests: u64,
         server_tokens: bool,
         limits: HeadLimits,
@@ -378,15 +401,15 @@ impl ClientIo {
 
     /// An idle connection gives up its socket to be parked: None when it
     /// is due to close already (or the socket cannot be kept).
-    pub fn into_idle(self) -> Option<Idle> {
+    pub fn into_idle(mut self) -> Option<Idle> {
         let Watch::Sleep(close_at) = watch(&self.state, &self.limits, false) else {
             return None;
         };
-        // A second descriptor for the socket: this wrapper (and tokio's
-        // registration) then goes, the socket stays open.
-        let socket = socket2::SockRef::from(&self.inner).try_clone().ok()?;
+        // Out of tokio's reactor, if it was in it; this wrapper then goes,
+        // the socket stays open.
+        let socket = self.inner.take_socket()?;
         Some(Idle {
-            socket: socket.into(),
+            socket,
             requests: self.state.requests(),
             server_tokens: self.state.server_tokens,
             close_at,
@@ -440,6 +463,12 @@ impl AsyncRead for ClientIo {
             return Poll::Ready(Err(
                 this.reject(http::StatusCode::REQUEST_TIMEOUT, "client_header_timeout")
             ));
+        }
+        if this.defers_hangup_watch() {
+            // The watchdog wakes this task when the request has taken
+            // HANGUP_WATCH_AFTER, and the read is tried again then.
+            this.state.defer_hangup_watch();
+            return Poll::Pending;
         }
         let before = buf.filled().len();
         let result = Pin::new(&mut this.inner).poll_read(cx, buf);
@@ -503,6 +532,16 @@ impl AsyncRead for ClientIo {
 }
 
 impl ClientIo {
+    /// ginx's own HTTP/1 side reads during a request only to see a hang-up;
+    /// on a socket not yet registered that watch waits for the watchdog
+    /// (see `super::socket`): a request answered sooner costs no epoll_ctl.
+    fn defers_hangup_watch(&self) -> bool {
+        !self.scan
+            && self.inner.is_direct()
+            && self.state.in_flight.load(Relaxed) > 0
+            && !self.state.hangup_watch.load(Relaxed)
+    }
+
     /// TCP_NODELAY, set before the connection's second write rather than at
     /// the accept, as nginx does at the first keep-alive: Nagle's algorithm
     /// holds back only a write made while an earlier one is unacknowledged,
@@ -512,7 +551,9 @@ impl ClientIo {
         if self.writes < 2 {
             self.writes += 1;
             if self.writes == 2 {
-                let _ = self.inner.set_nodelay(true);
+                if let Some(socket) = self.inner.sock_ref() {
+                    let _ = socket.set_tcp_nodelay(true);
+                }
             }
         }
     }
@@ -568,7 +609,9 @@ fn framing_refused() -> io::Error {
 impl Drop for ClientIo {
     fn drop(&mut self) {
         if self.state.reset.load(Relaxed) {
-            let _ = socket2::SockRef::from(&self.inner).set_linger(Some(Duration::ZERO));
+            if let Some(socket) = self.inner.sock_ref() {
+                let _ = socket.set_linger(Some(Duration::ZERO));
+            }
         }
     }
 }
@@ -585,6 +628,9 @@ pub enum Watch {
     Park,
     /// A response has waited send_timeout for the client to read: close.
     SendTimeout,
+    /// A request on an unregistered socket has taken HANGUP_WATCH_AFTER:
+    /// watch its client for a hang-up from now on.
+    WatchHangup,
 }
 
 /// Decide what is due now for the connection (`can_park`: HTTP/1 served by
@@ -611,7 +657,17 @@ fn watch_reads(state: &ConnState, limits: &HeadLimits, can_park: bool, now_ms: u
     if state.in_flight.load(Relaxed) > 0 {
         // A request is being handled: body and upstream timeouts apply there.
         let after = limits.keepalive_timeout.max(Duration::from_millis(100));
-        return Watch::Sleep(at(now_ms + after.as_millis() as u64));
+        let wake = now_ms + after.as_millis() as u64;
+        let deferred = state.hangup_deferred_ms.load(Relaxed);
+        if deferred == 0 || state.hangup_watch.load(Relaxed) {
+            return Watch::Sleep(at(wake));
+        }
+        let due = deferred + HANGUP_WATCH_AFTER.as_millis() as u64;
+        return if now_ms >= due {
+            Watch::WatchHangup
+        } else {
+            Watch::Sleep(at(due.min(wake)))
+        };
     }
     let head_started = state.head_started_ms.load(Relaxed);
     if state.requests.load(Relaxed) == 0 {

@@ -14,6 +14,7 @@ pub mod framing;
 pub mod h1;
 mod park;
 pub mod respond;
+mod socket;
 
 use crate::access_log::{AccessLog, Entry};
 use crate::balance::PeerRegistry;
@@ -28,14 +29,16 @@ use hyper::body::Incoming;
 use hyper_util::rt::{TokioExecutor, TokioIo};
 use hyper_util::server::conn::auto;
 use park::{Parked, ParkingLot};
+use socket::ClientSocket;
 use std::collections::HashMap;
 use std::future::Future;
 use std::io;
 use std::net::SocketAddr;
+use std::net::{TcpListener, TcpStream};
 use std::sync::Arc;
 use std::task::Poll;
 use std::time::{Duration, Instant};
-use tokio::net::{TcpListener, TcpStream};
+use tokio::io::unix::AsyncFd;
 use tokio::sync::{watch, Semaphore};
 use tokio::task::JoinHandle;
 
@@ -174,7 +177,7 @@ impl Shared {
                 let listener = match given {
                     Some(std_listener) => {
                         std_listener.set_nonblocking(true)?;
-                        TcpListener::from_std(std_listener)?
+                        std_listener
                     }
                     None => bind(addr).map_err(|e| {
                         io::Error::new(e.kind(), format!("cannot listen on {addr}: {e}"))
@@ -279,7 +282,7 @@ fn bind(addr: SocketAddr) -> io::Result<TcpListener> {
     socket.set_nonblocking(true)?;
     socket.bind(&addr.into())?;
     socket.listen(1024)?;
-    TcpListener::from_std(socket.into())
+    Ok(socket.into())
 }
 
 async fn accept_loop(listener: TcpListener, shared: Arc<Shared>, stop: watch::Receiver<bool>) {
@@ -290,6 +293,21 @@ async fn accept_loop(listener: TcpListener, shared: Arc<Shared>, stop: watch::Re
         .local_addr()
         .ok()
         .filter(|a| !a.ip().is_unspecified());
+    // The listener is watched through an AsyncFd, not a tokio TcpListener:
+    // that one registers each accepted socket with the reactor, and here
+    // a socket is registered only once it has to wait (`socket`).
+    let listener = mio::net::TcpListener::from_std(listener);
+    // SAFETY: the AsyncFd owns the listener, whose descriptor stays open
+    // and unchanged until the AsyncFd (and so the registration) is dropped.
+    let registered =
+        unsafe { AsyncFd::register_with_interest(listener, tokio::io::Interest::READABLE) };
+    let listener = match registered {
+        Ok(listener) => listener,
+        Err(e) => {
+            tracing::error!(error = %e, "cannot watch a listen socket; it accepts nothing");
+            return;
+        }
+    };
     let mut backoff = Duration::from_millis(5);
     // The stop signal's future is made once (a new one per accept
     // registered with the channel anew), and `probe` sees a stop that
@@ -317,7 +335,7 @@ async fn accept_loop(listener: TcpListener, shared: Arc<Shared>, stop: watch::Re
         // `biased`: no random pick of which branch to poll first.
         let accepted = tokio::select! {
             biased;
-            a = listener.accept() => a,
+            a = accept(&listener) => a,
             _ = &mut stopped => return,
         };
         match accepted {
@@ -339,6 +357,19 @@ async fn accept_loop(listener: TcpListener, shared: Arc<Shared>, stop: watch::Re
                 tokio::time::sleep(backoff).await;
                 backoff = (backoff * 2).min(Duration::from_secs(1));
             }
+        }
+    }
+}
+
+/// The next connection on `listener`: a non-blocking socket that tokio's
+/// reactor does not know yet.
+async fn accept(listener: &AsyncFd<mio::net::TcpListener>) -> io::Result<(TcpStream, SocketAddr)> {
+    loop {
+        let mut ready = listener.readable().await?;
+        // mio's accept: accept4 with SOCK_NONBLOCK, no fcntl afterwards.
+        if let Ok(accepted) = ready.try_io(|l| l.get_ref().accept()) {
+            return accepted
+                .map(|(socket, remote)| (std::os::fd::OwnedFd::from(socket).into(), remote));
         }
     }
 }
@@ -409,7 +440,7 @@ async fn serve_connection(
 
     let Some(tls) = tls else {
         let wire = if http2 { Wire::Http1OrH2c } else { Wire::Http1 };
-        let io = ClientIo::new(stream, state.clone(), limits, wire);
+        let io = ClientIo::new(ClientSocket::direct(stream), state.clone(), limits, wire);
         let info = ConnInfo {
             local,
             remote,
@@ -463,7 +494,12 @@ async fn serve_tls(
     limits: HeadLimits,
     stop: watch::Receiver<bool>,
 ) {
-    let io = ClientIo::new(stream, state.clone(), limits, Wire::Tls);
+    let io = ClientIo::new(
+        ClientSocket::direct(stream),
+        state.clone(),
+        limits,
+        Wire::Tls,
+    );
     let handshake = tokio_rustls::TlsAcceptor::from(tls).accept(io);
     match tokio::time::timeout(limits.header_timeout, handshake).await {
         Ok(Ok(tls_stream)) => {
@@ -722,17 +758,13 @@ async fn resume_http1(shared: Arc<Shared>, parked: Parked) {
         stop,
         slot,
     } = parked;
-    let stream = match TcpStream::from_std(idle.socket) {
-        Ok(stream) => stream,
-        Err(e) => {
-            tracing::warn!(error = %e, "cannot serve a parked connection again; closing it");
-            return;
-        }
-    };
+    let stream = idle.socket;
     // Asked again rather than kept: a parked connection stays small.
     let (Ok(local), Ok(remote)) = (stream.local_addr(), stream.peer_addr()) else {
         return; // the client has gone already
     };
+    // Its request is there: read directly, registered only if it waits.
+    let stream = ClientSocket::direct(stream);
     let info = ConnInfo {
         local,
         remote,
@@ -850,6 +882,11 @@ where
                 tracing::info!(%remote, "client did not read the response within send_timeout; resetting the connection");
                 state.reset_on_close();
                 return None;
+            }
+            Watch::WatchHangup => {
+                state.start_hangup_watch();
+                poll_conn = true;
+                continue;
             }
             Watch::HeadTimeout if head_timeout_fired => return None,
             Watch::HeadTimeout => {

@@ -17,7 +17,7 @@
 
 use super::framing::{Framing, FramingError, Verdict};
 use super::respond::error_page_bytes;
-use super::socket::{ClientSocket, HANGUP_WATCH_AFTER};
+use super::socket::{ClientSocket, DeferredWatches};
 use std::io;
 use std::pin::Pin;
 use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, AtomicU8, Ordering::Relaxed};
@@ -67,11 +67,9 @@ pub struct ConnState {
     declared_body_of: AtomicU64,
     /// Close the socket with a reset (SO_LINGER 0) rather than a FIN.
     reset: AtomicBool,
-    /// Milliseconds since `start` when the hang-up watch of the request in
-    /// hand was put off (its socket is unregistered, `super::socket`); 0 = not.
-    hangup_deferred_ms: AtomicU64,
-    /// The watchdog found that request in hand long enough: the wrapper
-    /// registers the socket to watch it.
+    /// A request whose hang-up watch was put off has taken
+    /// HANGUP_WATCH_AFTER (`super::socket`): the wrapper registers the
+    /// socket to watch it.
     hangup_watch: AtomicBool,
     /// A [`FramingError`] code: the wrapper refused the framing of request
     /// number `framing_error_of`.
@@ -104,7 +102,6 @@ impl ConnState {
             declared_body: AtomicU64::new(0),
             declared_body_of: AtomicU64::new(0),
             reset: AtomicBool::new(false),
-            hangup_deferred_ms: AtomicU64::new(0),
             hangup_watch: AtomicBool::new(false),
             framing_error: AtomicU8::new(0),
             framing_error_of: AtomicU64::new(0),
@@ -156,22 +153,13 @@ impl ConnState {
     }
 
     /// Changes whenever a deadline may have moved: a request started or
-    /// finished, a head's first byte arrived, a write began to wait, or a
-    /// hang-up watch was put off.
-    pub fn progress(&self) -> (u32, u64, u64, u64) {
+    /// finished, or a head's first byte arrived.
+    pub fn progress(&self) -> (u32, u64, u64) {
         (
             self.epoch.load(Relaxed),
             self.head_started_ms.load(Relaxed),
             self.write_blocked_ms.load(Relaxed),
-            self.hangup_deferred_ms.load(Relaxed),
         )
-    }
-
-    /// The wrapper put off watching for a hang-up during the request in hand.
-    fn defer_hangup_watch(&self) {
-        if self.hangup_deferred_ms.load(Relaxed) == 0 {
-            self.hangup_deferred_ms.store(self.now_ms(), Relaxed);
-        }
     }
 
     /// Ask the wrapper to watch for a hang-up (registering the socket).
@@ -261,7 +249,6 @@ impl ConnState {
     /// The response (body included) has been handed to hyper.
     pub fn request_finished(&self) {
         self.idle_since_ms.store(self.now_ms(), Relaxed);
-        self.hangup_deferred_ms.store(0, Relaxed);
         self.epoch.fetch_add(1, Relaxed);
         self.in_flight.fetch_sub(1, Relaxed);
     }
@@ -323,10 +310,20 @@ pub struct ClientIo {
     read_any: bool,
     /// Writes so far, counted up to 2: TCP_NODELAY is set before the second.
     writes: u8,
+    /// Where a put-off hang-up watch waits for its time.
+    watches: Arc<DeferredWatches>,
+    /// The request (by number) whose hang-up watch was put off; 0: none.
+    deferred_for: u64,
 }
 
 impl ClientIo {
-    pub fn new(inner: ClientSocket, state: Arc<ConnState>, limits: HeadLimits, wire: Wire) -> Self {
+    pub fn new(
+        inner: ClientSocket,
+        state: Arc<ConnState>,
+        limits: HeadLimits,
+        wire: Wire,
+        watches: Arc<DeferredWatches>,
+    ) -> Self {
         ClientIo {
             inner,
             state,
@@ -338,6 +335,8 @@ impl ClientIo {
             scan: true,
             read_any: false,
             writes: 0,
+            watches,
+            deferred_for: 0,
         }
     }
 
@@ -384,13 +383,14 @@ impl ClientIo {
         requests: u64,
         server_tokens: bool,
         limits: HeadLimits,
+        watches: Arc<DeferredWatches>,
     ) -> (Self, Arc<ConnState>) {
         let state = ConnState::new(server_tokens);
         let now = state.now_ms();
         state.requests.store(requests, Relaxed);
         state.idle_since_ms.store(now, Relaxed);
         state.unparked_ms.store(now, Relaxed);
-        let mut io = ClientIo::new(inner, state.clone(), limits, Wire::Http1);
+        let mut io = ClientIo::new(inner, state.clone(), limits, Wire::Http1, watches);
         // Parked between messages: every head so far was a request.
         io.framing = Framing::after(requests);
         // It has answered before, perhaps without TCP_NODELAY: set it at
@@ -465,9 +465,13 @@ impl AsyncRead for ClientIo {
             ));
         }
         if this.defers_hangup_watch() {
-            // The watchdog wakes this task when the request has taken
+            // This task is woken when the request has taken
             // HANGUP_WATCH_AFTER, and the read is tried again then.
-            this.state.defer_hangup_watch();
+            let request = this.state.requests();
+            if this.deferred_for != request {
+                this.deferred_for = request;
+                this.watches.defer(&this.state, cx.waker());
+            }
             return Poll::Pending;
         }
         let before = buf.filled().len();
@@ -533,8 +537,8 @@ impl AsyncRead for ClientIo {
 
 impl ClientIo {
     /// ginx's own HTTP/1 side reads during a request only to see a hang-up;
-    /// on a socket not yet registered that watch waits for the watchdog
-    /// (see `super::socket`): a request answered sooner costs no epoll_ctl.
+    /// on a socket not yet registered that watch waits (see `super::socket`):
+    /// a request answered sooner costs no epoll_ctl.
     fn defers_hangup_watch(&self) -> bool {
         !self.scan
             && self.inner.is_direct()
@@ -628,9 +632,6 @@ pub enum Watch {
     Park,
     /// A response has waited send_timeout for the client to read: close.
     SendTimeout,
-    /// A request on an unregistered socket has taken HANGUP_WATCH_AFTER:
-    /// watch its client for a hang-up from now on.
-    WatchHangup,
 }
 
 /// Decide what is due now for the connection (`can_park`: HTTP/1 served by
@@ -657,17 +658,7 @@ fn watch_reads(state: &ConnState, limits: &HeadLimits, can_park: bool, now_ms: u
     if state.in_flight.load(Relaxed) > 0 {
         // A request is being handled: body and upstream timeouts apply there.
         let after = limits.keepalive_timeout.max(Duration::from_millis(100));
-        let wake = now_ms + after.as_millis() as u64;
-        let deferred = state.hangup_deferred_ms.load(Relaxed);
-        if deferred == 0 || state.hangup_watch.load(Relaxed) {
-            return Watch::Sleep(at(wake));
-        }
-        let due = deferred + HANGUP_WATCH_AFTER.as_millis() as u64;
-        return if now_ms >= due {
-            Watch::WatchHangup
-        } else {
-            Watch::Sleep(at(due.min(wake)))
-        };
+        return Watch::Sleep(at(now_ms + after.as_millis() as u64));
     }
     let head_started = state.head_started_ms.load(Relaxed);
     if state.requests.load(Relaxed) == 0 {

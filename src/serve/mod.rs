@@ -29,7 +29,7 @@ use hyper::body::Incoming;
 use hyper_util::rt::{TokioExecutor, TokioIo};
 use hyper_util::server::conn::auto;
 use park::{Parked, ParkingLot};
-use socket::ClientSocket;
+use socket::{ClientSocket, DeferredWatches};
 use std::collections::HashMap;
 use std::future::Future;
 use std::io;
@@ -71,6 +71,8 @@ pub struct Shared {
     max_connections: usize,
     /// Idle HTTP/1 keep-alive connections, held without a task.
     parking: Arc<ParkingLot>,
+    /// Requests whose hang-up watch was put off (`socket`).
+    deferred_watches: Arc<DeferredWatches>,
 }
 
 impl Shared {
@@ -108,6 +110,8 @@ pub struct Running {
     admin: Option<JoinHandle<()>>,
     /// The parking lot's task.
     parking: JoinHandle<()>,
+    /// The task that wakes put-off hang-up watches.
+    deferred_watches: JoinHandle<()>,
 }
 
 impl Running {
@@ -136,9 +140,11 @@ impl Running {
         self.parking.abort();
         // Every connection holds a permit: all permits back = all connections done.
         let all = self.shared.max_connections as u32;
-        tokio::time::timeout(grace, self.shared.connections.acquire_many(all))
+        let finished = tokio::time::timeout(grace, self.shared.connections.acquire_many(all))
             .await
-            .is_ok()
+            .is_ok();
+        self.deferred_watches.abort();
+        finished
     }
 }
 
@@ -237,6 +243,7 @@ pub async fn start(config: Config, prebound: Vec<std::net::TcpListener>) -> io::
         connections: Arc::new(Semaphore::new(max_connections)),
         max_connections,
         parking: Arc::new(parking),
+        deferred_watches: Arc::new(DeferredWatches::default()),
     });
     let parking = tokio::spawn(park::run(shared.parking.clone(), waiter, {
         let shared = shared.clone();
@@ -244,6 +251,7 @@ pub async fn start(config: Config, prebound: Vec<std::net::TcpListener>) -> io::
             tokio::spawn(resume_http1(shared.clone(), parked));
         }
     }));
+    let deferred_watches = tokio::spawn(socket::wake_deferred(shared.deferred_watches.clone()));
     let bound = shared.apply_with(config, prebound)?;
     crate::reload::record_success(&shared);
     let admin = crate::admin::start(&shared, admin_listen).await?;
@@ -252,6 +260,7 @@ pub async fn start(config: Config, prebound: Vec<std::net::TcpListener>) -> io::
         bound,
         admin,
         parking,
+        deferred_watches,
     })
 }
 
@@ -440,7 +449,14 @@ async fn serve_connection(
 
     let Some(tls) = tls else {
         let wire = if http2 { Wire::Http1OrH2c } else { Wire::Http1 };
-        let io = ClientIo::new(ClientSocket::direct(stream), state.clone(), limits, wire);
+        let watches = shared.deferred_watches.clone();
+        let io = ClientIo::new(
+            ClientSocket::direct(stream),
+            state.clone(),
+            limits,
+            wire,
+            watches,
+        );
         let info = ConnInfo {
             local,
             remote,
@@ -494,11 +510,13 @@ async fn serve_tls(
     limits: HeadLimits,
     stop: watch::Receiver<bool>,
 ) {
+    let watches = shared.deferred_watches.clone();
     let io = ClientIo::new(
         ClientSocket::direct(stream),
         state.clone(),
         limits,
         Wire::Tls,
+        watches,
     );
     let handshake = tokio_rustls::TlsAcceptor::from(tls).accept(io);
     match tokio::time::timeout(limits.header_timeout, handshake).await {
@@ -770,7 +788,8 @@ async fn resume_http1(shared: Arc<Shared>, parked: Parked) {
         remote,
         tls: false,
     };
-    let (io, state) = ClientIo::resumed(stream, idle.requests, idle.server_tokens, limits);
+    let watches = shared.deferred_watches.clone();
+    let (io, state) = ClientIo::resumed(stream, idle.requests, idle.server_tokens, limits, watches);
     // Boxed, as in serve_connection.
     Box::pin(drive_http1(shared, io, info, state, limits, stop, slot)).await
 }
@@ -882,11 +901,6 @@ where
                 tracing::info!(%remote, "client did not read the response within send_timeout; resetting the connection");
                 state.reset_on_close();
                 return None;
-            }
-            Watch::WatchHangup => {
-                state.start_hangup_watch();
-                poll_conn = true;
-                continue;
             }
             Watch::HeadTimeout if head_timeout_fired => return None,
             Watch::HeadTimeout => {

@@ -167,6 +167,10 @@ impl ConnState {
         self.hangup_watch.store(true, Relaxed);
     }
 
+    pub fn hangup_watch_started(&self) -> bool {
+        self.hangup_watch.load(Relaxed)
+    }
+
     /// Note whether a write to the client went through or has to wait.
     fn note_write<T>(&self, polled: &Poll<T>) {
         let blocked = self.write_blocked_ms.load(Relaxed);
@@ -543,7 +547,7 @@ impl ClientIo {
         !self.scan
             && self.inner.is_direct()
             && self.state.in_flight.load(Relaxed) > 0
-            && !self.state.hangup_watch.load(Relaxed)
+            && !self.state.hangup_watch_started()
     }
 
     /// TCP_NODELAY, set before the connection's second write rather than at

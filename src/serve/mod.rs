@@ -251,8 +251,9 @@ pub async fn start(config: Config, prebound: Vec<std::net::TcpListener>) -> io::
             tokio::spawn(resume_http1(shared.clone(), parked));
         }
     }));
-    let deferred_watches = tokio::spawn(socket::wake_deferred(shared.deferred_watches.clone()));
     let bound = shared.apply_with(config, prebound)?;
+    // Requests accepted before it runs are in its queue when it starts.
+    let deferred_watches = tokio::spawn(socket::wake_deferred(shared.deferred_watches.clone()));
     crate::reload::record_success(&shared);
     let admin = crate::admin::start(&shared, admin_listen).await?;
     Ok(Running {

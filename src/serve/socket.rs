@@ -41,6 +41,9 @@ pub const HANGUP_WATCH_AFTER: Duration = Duration::from_millis(100);
 /// How much later than due a put-off hang-up watch may start.
 const WAKE_BATCH: Duration = Duration::from_millis(10);
 
+/// Room kept in the queue of put-off watches once it is empty (entries).
+const KEEP_QUEUE: usize = 256;
+
 /// Requests whose hang-up watch was put off, in the order they were (so in
 /// the order they are due).
 #[derive(Default)]
@@ -78,6 +81,11 @@ impl DeferredWatches {
         let mut queue = self.queue.lock().unwrap_or_else(|e| e.into_inner());
         let due = queue.iter().take_while(|d| d.due <= now).count();
         let taken = queue.drain(..due).collect();
+        if queue.is_empty() && queue.capacity() > KEEP_QUEUE {
+            // A burst of new connections is over: its room goes too (10,000
+            // connections at once left 40 bytes each behind).
+            *queue = VecDeque::new();
+        }
         (taken, queue.front().map(|d| d.due))
     }
 }
@@ -376,6 +384,34 @@ mod tests {
             !writer.await.unwrap(),
             "a write that had to wait is registered"
         );
+    }
+
+    #[tokio::test]
+    async fn a_put_off_watch_is_woken_when_due_and_its_room_let_go() {
+        let watches = Arc::new(DeferredWatches::default());
+        let task = tokio::spawn(wake_deferred(watches.clone()));
+        let states: Vec<_> = (0..1000).map(|_| ConnState::new(false)).collect();
+        let started = Instant::now();
+        let mut deferred = false;
+        let woken = std::future::poll_fn(|cx| {
+            if !std::mem::replace(&mut deferred, true) {
+                for state in &states {
+                    watches.defer(state, cx.waker());
+                }
+            }
+            match states.iter().all(|s| s.hangup_watch_started()) {
+                true => Poll::Ready(()),
+                false => Poll::Pending,
+            }
+        });
+        tokio::time::timeout(Duration::from_secs(5), woken)
+            .await
+            .expect("the put-off watches were woken");
+        assert!(started.elapsed() >= HANGUP_WATCH_AFTER, "woken early");
+        let queue = watches.queue.lock().unwrap();
+        assert!(queue.is_empty() && queue.capacity() <= KEEP_QUEUE);
+        drop(queue);
+        task.abort();
     }
 
     #[tokio::test]

@@ -196,6 +196,11 @@ impl ClientSocket {
         mut op: impl FnMut(&std::net::TcpStream) -> io::Result<T>,
         registered: impl FnOnce(Pin<&mut TcpStream>, &mut Context<'_>) -> Poll<io::Result<T>>,
     ) -> Poll<io::Result<T>> {
+        // Most writes are on a registered socket (a kept-alive connection):
+        // that case first, without the registering path.
+        if let Inner::Registered(stream) = &mut self.0 {
+            return registered(Pin::new(stream), cx);
+        }
         if let Inner::Direct { socket, .. } = &self.0 {
             loop {
                 match op(socket) {

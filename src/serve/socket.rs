@@ -177,11 +177,11 @@ impl ClientSocket {
 
     /// The registered stream, registering the socket first if it is not.
     fn registered(&mut self) -> io::Result<&mut TcpStream> {
-        if self.is_direct() {
-            if let Inner::Direct { socket, .. } = std::mem::replace(&mut self.0, Inner::Gone) {
-                self.0 = Inner::Registered(TcpStream::from_std(socket)?);
-            }
-        }
+        // On a failed registration the socket is closed, and stays Gone.
+        self.0 = match std::mem::replace(&mut self.0, Inner::Gone) {
+            Inner::Direct { socket, .. } => Inner::Registered(TcpStream::from_std(socket)?),
+            other => other,
+        };
         match &mut self.0 {
             Inner::Registered(stream) => Ok(stream),
             _ => Err(gone()),

@@ -54,6 +54,21 @@ enum Command {
 #[global_allocator]
 static ALLOCATOR: ginx::alloc::MiMalloc = ginx::alloc::MiMalloc;
 
+// No transparent huge pages (src/alloc.rs says why), from before the first
+// allocation: the standard library allocates before main, and mimalloc
+// would have faulted in its first two 2 MiB pages by then. Prioritised
+// .init_array entries run before every unprioritised one (mimalloc's own
+// constructor among them) and before main.
+#[cfg(target_os = "linux")]
+#[used]
+#[link_section = ".init_array.00100"]
+static NO_HUGE_PAGES_BEFORE_THE_FIRST_ALLOCATION: extern "C" fn() = {
+    extern "C" fn no_huge_pages() {
+        ginx::alloc::no_transparent_huge_pages();
+    }
+    no_huge_pages
+};
+
 fn default_config_path() -> PathBuf {
     let local = PathBuf::from("ginx.yaml");
     if local.exists() {

@@ -356,6 +356,34 @@ async fn one_worker_thread_serves_concurrently_and_reloads() {
     }
 }
 
+/// The ginx binary runs without transparent huge pages from its first
+/// allocation (src/alloc.rs): the kernel reports THP disabled for the
+/// process, and none of its memory is in huge pages, even though mimalloc
+/// asks for them and this kernel may grant them.
+#[tokio::test]
+async fn the_binary_keeps_transparent_huge_pages_out_of_its_memory() {
+    let ginx = Binary::start(
+        "access_log: { path: \"off\" }\nservers:\n  - listen: [\"127.0.0.1:{p0}\"]\n    locations:\n      - location: /\n        return: 200 \"ok\"\n",
+    )
+    .await;
+    for _ in 0..200 {
+        assert_eq!(get(ginx.addr, "x", "/").await.status, 200);
+    }
+    let pid = ginx.child.id();
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
+    let Some(thp) = status.lines().find_map(|l| l.strip_prefix("THP_enabled:")) else {
+        eprintln!("this kernel has no transparent huge pages: nothing to check");
+        return;
+    };
+    assert_eq!(thp.trim(), "0", "THP is still enabled for ginx");
+    let rollup = std::fs::read_to_string(format!("/proc/{pid}/smaps_rollup")).unwrap();
+    let huge = rollup
+        .lines()
+        .find_map(|l| l.strip_prefix("AnonHugePages:"))
+        .map(|v| v.trim().to_string());
+    assert_eq!(huge.as_deref(), Some("0 kB"), "huge pages in ginx's memory");
+}
+
 /// An HTTP/1 connection idle past PARK_AFTER (1 s) is parked: hyper's state
 /// is dropped and the socket kept. The client sees nothing of it: the next
 /// request (and a pipelined pair after that) is answered on the same

@@ -683,8 +683,12 @@ where
             true => read_buffer_size(limits, true),
             false => limits.max_header_size,
         };
+        let fair_share = match info.tls {
+            true => h1::TLS_FAIR_SHARE,
+            false => usize::MAX,
+        };
         // Boxed, so that the task's own state stays small.
-        let mut conn = Box::pin(h1::serve(io, state, max_head, handler));
+        let mut conn = Box::pin(h1::serve(io, state, max_head, fair_share, handler));
         watch_connection(
             conn.as_mut(),
             |_| drain_native(state),

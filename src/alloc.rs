@@ -66,8 +66,8 @@ unsafe impl GlobalAlloc for MiMalloc {
 /// partly used 2 MiB ranges into huge pages again while ginx is idle. For a
 /// gateway that is resident memory nobody uses: 10,000 parked keep-alive
 /// connections measured 181 to 544 bytes each from one run to the next,
-/// with RSS growing in 2 MiB steps while idle; without huge pages, 270
-/// bytes every time, and 8 MiB less at start. nginx's heap (glibc malloc)
+/// with RSS growing in 2 MiB steps while idle; without huge pages, 211
+/// to 295 bytes over six runs, and nearly 8 MiB less at start. nginx's heap (glibc malloc)
 /// never asks for huge pages either. A proxy's working set is small, so
 /// the TLB misses huge pages save do not show (`benches/compare`).
 pub fn no_transparent_huge_pages() {

@@ -49,6 +49,10 @@ const MIN_ROOM: usize = 1024;
 /// Body pieces up to this size are copied behind the head (or chunk
 /// line), so that one write carries both; larger ones go by `writev`.
 const COPY_UNDER: usize = 8 * 1024;
+/// Copied pieces are written once they add up to this, even while more
+/// are ready: an upstream that sends a large body in small chunks, faster
+/// than the client reads, would otherwise have all of it copied here.
+const WRITE_COPIED_AT: usize = 64 * 1024;
 /// On a TLS connection, a response that has written this much of its body
 /// since it last let the other connections of its thread run yields
 /// before writing more (`serve`'s `fair_share`). Without it, a large body
@@ -99,8 +103,9 @@ enum Parsed {
 /// idle), or meets a request for hyper. `handle` answers a request;
 /// `max_head` is the most a head may take before hyper is left to refuse
 /// it; `fair_share` how much of a body is written before the connection
-/// lets others run (TLS_FAIR_SHARE, or usize::MAX for never). A graceful stop (`state.is_draining()`) closes the connection once
-/// the request in hand is answered.
+/// lets others run (TLS_FAIR_SHARE, or usize::MAX for never). A graceful
+/// stop (`state.is_draining()`) closes the connection once the request in
+/// hand is answered.
 /// (An `async move` block, for the reason given at `serve::handle`: `io`
 /// alone is 240 bytes.)
 #[allow(clippy::manual_async_fn)] // arguments kept once: see `serve::handle`
@@ -518,6 +523,10 @@ where
         if data.len() <= COPY_UNDER {
             out.extend_from_slice(&data);
             out.extend_from_slice(tail);
+            if out.len() >= WRITE_COPIED_AT {
+                io.write_all(out).await?;
+                out.clear();
+            }
         } else {
             write_all_vectored(
                 io,
@@ -1023,6 +1032,59 @@ mod tests {
             assert!(matches!(write.poll(&mut cx), Poll::Ready(Ok(true))));
         }
         assert_eq!(sink.len(), 4 * TLS_FAIR_SHARE);
+    }
+
+    /// Takes everything, noting the largest single write.
+    #[derive(Default)]
+    struct LargestWrite {
+        total: usize,
+        largest: usize,
+    }
+
+    impl AsyncWrite for LargestWrite {
+        fn poll_write(
+            self: Pin<&mut Self>,
+            _: &mut std::task::Context<'_>,
+            buf: &[u8],
+        ) -> Poll<io::Result<usize>> {
+            let this = self.get_mut();
+            this.total += buf.len();
+            this.largest = this.largest.max(buf.len());
+            Poll::Ready(Ok(buf.len()))
+        }
+
+        fn poll_flush(
+            self: Pin<&mut Self>,
+            _: &mut std::task::Context<'_>,
+        ) -> Poll<io::Result<()>> {
+            Poll::Ready(Ok(()))
+        }
+
+        fn poll_shutdown(
+            self: Pin<&mut Self>,
+            _: &mut std::task::Context<'_>,
+        ) -> Poll<io::Result<()>> {
+            Poll::Ready(Ok(()))
+        }
+    }
+
+    #[tokio::test]
+    async fn small_pieces_ready_at_once_are_written_as_they_add_up() {
+        // 1 MiB in 1 KiB chunks, all ready: written in writes of about
+        // WRITE_COPIED_AT (64 KiB), not copied whole before a single one.
+        for encoder in [Encoder::Chunked, Encoder::Length(1 << 20)] {
+            let mut body = ReadyPieces::new(1024, 1024);
+            let (mut sink, mut out) = (LargestWrite::default(), Vec::new());
+            let complete = write_body(&mut sink, &mut out, &mut body, encoder, usize::MAX).await;
+            assert!(complete.unwrap());
+            assert!(sink.total >= 1 << 20);
+            assert!(
+                sink.largest <= 128 * 1024,
+                "{:?}: a write of {}",
+                encoder,
+                sink.largest
+            );
+        }
     }
 
     #[test]

@@ -318,6 +318,13 @@ impl Client {
     /// Connect, send the preface and an empty SETTINGS, read the server's
     /// SETTINGS (its first frame) and acknowledge it.
     async fn connect(addr: SocketAddr) -> Client {
+        Client::connect_split(addr, None).await
+    }
+
+    /// As `connect`, with the preface and SETTINGS sent in two writes when
+    /// `split` says where: that many bytes, then the rest 100 ms later, so
+    /// that the server reads them apart.
+    async fn connect_split(addr: SocketAddr, split: Option<usize>) -> Client {
         let s = tokio::time::timeout(IO_LIMIT, TcpStream::connect(addr))
             .await
             .expect("connect in time")
@@ -331,7 +338,12 @@ impl Client {
             opened: Instant::now(),
         };
         let hello = [PREFACE, &frame(SETTINGS, 0, 0, &[])].concat();
-        c.send(&hello).await.expect("send the preface");
+        let (first, rest) = hello.split_at(split.unwrap_or(hello.len()));
+        c.send(first).await.expect("send the preface");
+        if !rest.is_empty() {
+            tokio::time::sleep(Duration::from_millis(100)).await;
+            c.send(rest).await.expect("send the rest of the preface");
+        }
         let first = c
             .read_frame(Instant::now() + IO_LIMIT)
             .await
@@ -782,6 +794,29 @@ async fn continuation_flood_is_answered_with_goaway() {
         "the flooded request was never answered: {}",
         attack.seen.summary()
     );
+    still_serves(gw.addr(0), gw.addr(1)).await;
+    gw.stop().await;
+}
+
+/// A preface may come in pieces: ginx's own HTTP/1 side refuses the
+/// request line `PRI * HTTP/2.0` as soon as it has read that much, or
+/// waits for more when it has read less, and the connection is served as
+/// HTTP/2 from there as when the preface came whole. (Split before 14
+/// bytes, the connection's reads did not see the preface; split at 14-23,
+/// what is handed over is only the start of one.)
+#[tokio::test]
+async fn a_preface_read_in_pieces_is_still_http2() {
+    let gw = start_one(YAML, 2).await;
+    for split in [3, 10, 14, 16, 20, PREFACE.len()] {
+        let mut c = Client::connect_split(gw.addr(0), Some(split)).await;
+        assert_eq!(
+            c.get(1, "/").await,
+            Some(200),
+            "preface split at {split}: {}",
+            c.seen.summary()
+        );
+        assert_eq!(c.get(3, "/").await, Some(200), "split at {split}: stream 3");
+    }
     still_serves(gw.addr(0), gw.addr(1)).await;
     gw.stop().await;
 }

@@ -7,6 +7,7 @@
 mod common;
 use rustls::pki_types::{CertificateDer, ServerName, UnixTime};
 use std::sync::{Arc, Mutex};
+use std::time::Duration;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 /// A test CA and the PEM files of leaf certificates it signed.
@@ -275,7 +276,7 @@ async fn http2_is_negotiated_and_served_and_headers_say_https() {
 /// ginx's own HTTP/1 side serves bodiless requests and hands the
 /// connection to hyper at the first with a body (src/serve/h1.rs): over
 /// TLS too, with ALPN http/1.1 or none; and an HTTP/2 preface without ALPN
-/// is handed to hyper's auto builder, which speaks HTTP/2.
+/// is handed to hyper's HTTP/2 server.
 #[tokio::test]
 async fn http1_over_tls_carries_on_across_the_handover_and_a_bare_h2_preface_is_served() {
     let (gw, _) = start_sites().await;
@@ -321,6 +322,49 @@ async fn http1_over_tls_carries_on_across_the_handover_and_a_bare_h2_preface_is_
         .unwrap()
         .to_bytes();
     assert_eq!(&body[..], b"a https ");
+    gw.stop().await;
+}
+
+/// A TLS connection that hyper serves after the handover is not parked
+/// (only a plain connection's socket can wait in the parking lot): idle
+/// for longer than a plain one waits before parking, it is still open,
+/// and answers the next request.
+#[tokio::test]
+async fn a_tls_connection_served_by_hyper_stays_open_while_idle() {
+    let (gw, _) = start_sites().await;
+    let c = client(&[b"http/1.1"], &[&rustls::version::TLS13]);
+    let mut tls = connect(&c, gw.addr(0), "a.test").await.unwrap();
+    let mut out = Vec::new();
+    let mut buf = [0u8; 4096];
+    let requests: [&[u8]; 2] = [
+        b"POST /1 HTTP/1.1\r\nHost: a.test\r\nContent-Length: 3\r\n\r\nabc",
+        b"GET /2 HTTP/1.1\r\nHost: a.test\r\n\r\n",
+    ];
+    for (i, request) in requests.iter().enumerate() {
+        if i > 0 {
+            // A plain connection idle this long has been parked.
+            tokio::time::sleep(ginx::serve::conn::PARK_AFTER + Duration::from_millis(700)).await;
+        }
+        tls.write_all(request).await.unwrap();
+        let deadline = tokio::time::Instant::now() + common::IO_LIMIT;
+        while common::parse_responses(&out).len() <= i {
+            let n = tokio::time::timeout_at(deadline, tls.read(&mut buf))
+                .await
+                .expect("answered in time")
+                .unwrap_or(0);
+            assert!(
+                n > 0,
+                "closed after {i} answers: {}",
+                String::from_utf8_lossy(&out)
+            );
+            out.extend_from_slice(&buf[..n]);
+        }
+    }
+    let statuses: Vec<u16> = common::parse_responses(&out)
+        .iter()
+        .map(|r| r.status)
+        .collect();
+    assert_eq!(statuses, [200, 200]);
     gw.stop().await;
 }
 

@@ -147,7 +147,8 @@ impl ConnState {
         self.http2.load(Relaxed)
     }
 
-    /// ALPN chose h2 on a TLS connection.
+    /// The connection speaks HTTP/2: ALPN chose h2, or it began with the
+    /// preface (which a plain connection's reads notice themselves).
     pub fn mark_http2(&self) {
         self.http2.store(true, Relaxed);
     }

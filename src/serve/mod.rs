@@ -590,7 +590,9 @@ async fn drive<I>(
     if !http2 {
         let read_buffer = read_buffer_size(&limits, info.tls);
         let can_park = false; // only a plain listener's connections park
-        serve_hyper_http1(
+                              // Boxed: this future is a TLS connection's, which should not carry
+                              // the size of both hyper servers' states.
+        Box::pin(serve_hyper_http1(
             &shared,
             io,
             info,
@@ -599,7 +601,7 @@ async fn drive<I>(
             &stop,
             read_buffer,
             can_park,
-        )
+        ))
         .await;
         return;
     }

@@ -81,6 +81,10 @@ pub struct ConnState {
 /// How long an HTTP/1 connection stays idle before it is parked.
 pub const PARK_AFTER: Duration = Duration::from_secs(1);
 
+/// The request line of HTTP/2's connection preface, as far as an HTTP/1
+/// parser reads before refusing it (RFC 9113, 3.4).
+pub const H2_REQUEST_LINE: &[u8] = b"PRI * HTTP/2.0";
+
 impl ConnState {
     pub fn new(server_tokens: bool) -> Arc<Self> {
         Arc::new(ConnState {
@@ -491,7 +495,7 @@ impl AsyncRead for ClientIo {
         let first_read = !std::mem::replace(&mut this.read_any, true);
         if state.requests.load(Relaxed) == 0
             && first_read
-            && buf.filled()[before..].starts_with(b"PRI * HTTP/2.0")
+            && buf.filled()[before..].starts_with(H2_REQUEST_LINE)
         {
             if this.wire == Wire::Http1 {
                 // As nginx: the preface is a malformed HTTP/1 request here.

@@ -495,11 +495,8 @@ async fn serve_plain_http2(
     io.serve_natively();
     let ended = serve_native(&shared, io, info, &state, &limits, &stop, false).await;
     if let Some(h1::End::Handoff(mut io, buffered)) = ended {
-        let http2 = speaks_http2(&buffered);
-        if http2 {
-            // The reads mark it when the preface came in one; not always.
-            state.mark_http2();
-        }
+        // Marked before the hand-over, which follows HTTP/1 framing otherwise.
+        let http2 = handed_http2(&state, &buffered);
         io.hand_over(buffered);
         drive(shared, io, info, state, limits, stop, http2).await;
     }
@@ -542,10 +539,7 @@ async fn serve_tls(
             let ended =
                 serve_native(&shared, tls_stream, info, &state, &limits, &stop, false).await;
             if let Some(h1::End::Handoff(tls_stream, buffered)) = ended {
-                let http2 = speaks_http2(&buffered);
-                if http2 {
-                    state.mark_http2();
-                }
+                let http2 = handed_http2(&state, &buffered);
                 let io = h1::Rewound::new(buffered.freeze(), tls_stream);
                 drive(shared, io, info, state, limits, stop, http2).await;
             }
@@ -558,14 +552,19 @@ async fn serve_tls(
 /// HTTP/2's connection preface (RFC 9113, 3.4).
 const H2_PREFACE: &[u8] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
 
-/// What a connection handed over by ginx's own HTTP/1 side had sent is an
-/// HTTP/2 preface, or the start of one: that side refuses a request line
-/// of version 2.0 as soon as it has read `PRI * HTTP/2.0`, which may be
-/// before the rest has come. hyper's HTTP/2 server reads and checks the
-/// whole preface.
-fn speaks_http2(buffered: &[u8]) -> bool {
+/// Whether what a connection handed over by ginx's own HTTP/1 side had
+/// sent is an HTTP/2 preface, or the start of one (marked on `state` then):
+/// that side refuses the request line as soon as it has read
+/// `PRI * HTTP/2.0`, which may be before the rest has come, and before the
+/// connection's first read saw it whole. hyper's HTTP/2 server reads and
+/// checks the whole preface.
+fn handed_http2(state: &ConnState, buffered: &[u8]) -> bool {
     let n = buffered.len().min(H2_PREFACE.len());
-    n >= b"PRI * HTTP/2.0".len() && buffered[..n] == H2_PREFACE[..n]
+    let http2 = n >= conn::H2_REQUEST_LINE.len() && buffered[..n] == H2_PREFACE[..n];
+    if http2 {
+        state.mark_http2();
+    }
+    http2
 }
 
 /// Serve with hyper, from the first request ginx's own HTTP/1 side did not
@@ -573,9 +572,7 @@ fn speaks_http2(buffered: &[u8]) -> bool {
 /// plain listener with the `http2` flag): HTTP/2 when ALPN or the preface
 /// said so, else HTTP/1.1. The protocol is known here, so hyper's server
 /// for it is used directly rather than hyper-util's auto builder, which
-/// would read the first bytes again to tell. (That costs no measurable
-/// instructions; a preface of which fewer than 14 bytes had come when the
-/// connection was handed over was not served as HTTP/2, though.)
+/// would read the first bytes again to tell.
 async fn drive<I>(
     shared: Arc<Shared>,
     io: I,
@@ -589,9 +586,10 @@ async fn drive<I>(
 {
     if !http2 {
         let read_buffer = read_buffer_size(&limits, info.tls);
-        let can_park = false; // only a plain listener's connections park
-                              // Boxed: this future is a TLS connection's, which should not carry
-                              // the size of both hyper servers' states.
+        // Only a plain listener's connections park.
+        let can_park = false;
+        // Boxed: this future is a TLS connection's, which should not carry
+        // the size of both hyper servers' states.
         Box::pin(serve_hyper_http1(
             &shared,
             io,

@@ -37,6 +37,8 @@ servers:
         return: 200 "$hots"
       - location: /y/
         return: 200 "again"
+  - listen: ["8081"]
+  - listen: ["127.0.0.1:8081 deferred"]
 "#;
 
 #[test]
@@ -55,15 +57,16 @@ fn semantic_errors_are_all_reported_with_positions() {
     assert_eq!(out.status.code(), Some(1));
     let want = r#"ginx.yaml:3:25: client_max_body_size: bad size "10 MB": expected a number of bytes with an optional k, m or g suffix, e.g. 512, 16k, 8m, 1g
 ginx.yaml:4:22: keepalive_timeout: bad duration "5 minutes": expected a number with an optional unit ms, s, m, h or d, e.g. 500ms, 30s, 5m, 1h
-ginx.yaml:9:14: listen: unknown listen flag "defualt_server" (did you mean "default_server"?): known flags are tls, http2, default_server
-ginx.yaml:9:47: listen: bad listen address "127.0.0.1": no port; expected ADDR:PORT or PORT (e.g. 127.0.0.1:8080, [::1]:8080, 8080), then any of the flags tls, http2, default_server
+ginx.yaml:9:14: listen: unknown listen flag "defualt_server" (did you mean "default_server"?): known flags are tls, http2, default_server, deferred
+ginx.yaml:9:47: listen: bad listen address "127.0.0.1": no port; expected ADDR:PORT or PORT (e.g. 127.0.0.1:8080, [::1]:8080, 8080), then any of the flags tls, http2, default_server, deferred
 ginx.yaml:11:19: location: bad regex "^/(abc": unclosed group at character 3 of the pattern
 ginx.yaml:14:21: proxy_pass: a URI part ("/v2/") cannot be used in a regex location (as nginx); remove it, or set the path with rewrite ... break
 ginx.yaml:16:21: unknown upstream "apii" in proxy_pass (did you mean "api"?) (known: api); a literal address needs a port, e.g. 127.0.0.1:8080
 ginx.yaml:18:17: return: unknown variable $hots (did you mean $host?); known: $host, $hostname, $remote_addr, $remote_port, $server_addr, $server_port, $server_name, $scheme, $request_method, $request_uri, $uri, $args, $query_string, $proxy_host, $proxy_add_x_forwarded_for, $request_id, $arg_NAME, $http_NAME, $cookie_NAME, $1..$9 and named regex groups
 ginx.yaml:19:19: duplicate location "/y/": first at ginx.yaml:17:19
+ginx.yaml:22:14: listen 127.0.0.1:8081 deferred: connections to 127.0.0.1:8081 are accepted by the socket of 0.0.0.0:8081 (at ginx.yaml:21:14), which is not deferred; put `deferred` on that listen entry instead
 conf.d/a.yaml:2:3: upstream "api" is defined twice: first at ginx.yaml:6:3
-ginx: configuration file ginx.yaml test failed (10 errors)
+ginx: configuration file ginx.yaml test failed (11 errors)
 "#;
     assert_eq!(stderr(&out), want);
 }

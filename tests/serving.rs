@@ -569,3 +569,108 @@ async fn open_after_one_request(addr: std::net::SocketAddr) -> Duration {
     assert_eq!(parse_responses(&answer)[0].status, 200);
     started.elapsed()
 }
+
+const DEFERRED: &str = r#"
+access_log: { path: off }
+servers:
+  - listen: ["127.0.0.1:{p0} deferred"]
+    locations:
+      - location: /
+        return: 200 "hi\n"
+"#;
+
+/// TCP_DEFER_ACCEPT on a listening socket, in seconds (0: off).
+fn defer_accept(socket: &std::net::TcpListener) -> i32 {
+    use std::os::fd::AsRawFd;
+    let mut value: libc::c_int = -1;
+    let mut len = std::mem::size_of::<libc::c_int>() as libc::socklen_t;
+    // SAFETY: a valid descriptor and an int-sized out value.
+    let done = unsafe {
+        libc::getsockopt(
+            socket.as_raw_fd(),
+            libc::IPPROTO_TCP,
+            libc::TCP_DEFER_ACCEPT,
+            (&mut value as *mut libc::c_int).cast(),
+            &mut len,
+        )
+    };
+    assert_eq!(done, 0, "getsockopt: {}", std::io::Error::last_os_error());
+    value
+}
+
+/// `listen ... deferred` (nginx's): the socket gets TCP_DEFER_ACCEPT, so a
+/// client that has connected and said nothing is not accepted yet (it does
+/// not count as a connection) while one that sent its request is served;
+/// the silent one is served once it speaks. A reload without the flag
+/// clears it on the socket that keeps listening: a silent client is then
+/// accepted at once.
+#[tokio::test]
+async fn a_deferred_listener_accepts_a_connection_once_its_request_has_come() {
+    const GET: &[u8] = b"GET / HTTP/1.1\r\nHost: x\r\n\r\n";
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let probe = listener.try_clone().unwrap();
+    let addr = listener.local_addr().unwrap();
+    let dir = common::write_files(&[("ginx.yaml", DEFERRED)], &[addr.port()]);
+    let path = dir.path().join("ginx.yaml");
+    let config = ginx::compile::load_and_compile(&path).unwrap();
+    let running = ginx::serve::start(config, vec![listener]).await.unwrap();
+    assert_eq!(
+        defer_accept(&probe),
+        1,
+        "deferred sets a 1 s period, as nginx"
+    );
+    let active = || running.shared.metrics.active_connections.get();
+    let settle = |want: i64| async move {
+        let deadline = Instant::now() + IO_LIMIT;
+        while active() != want && Instant::now() < deadline {
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        active()
+    };
+
+    // The kernel hands a silent connection over at the end of the period
+    // (1 s): an attempt that took longer than that proves nothing, and is made again.
+    let mut held = None;
+    for _ in 0..3 {
+        assert_eq!(settle(0).await, 0);
+        let silent = TcpStream::connect(addr).await.unwrap();
+        let since = Instant::now();
+        let mut talker = TcpStream::connect(addr).await.unwrap();
+        talker.write_all(GET).await.unwrap();
+        assert_eq!(read_answers(&mut talker, 1).await[0].status, 200);
+        let counted = active();
+        if since.elapsed() < Duration::from_millis(800) {
+            assert_eq!(counted, 1, "the silent connection was accepted");
+            held = Some((silent, talker));
+            break;
+        }
+    }
+    let (mut silent, talker) = held.expect("three attempts each took over 800 ms");
+    silent.write_all(GET).await.unwrap();
+    assert_eq!(read_answers(&mut silent, 1).await[0].status, 200);
+    assert_eq!(settle(2).await, 2);
+    drop((silent, talker));
+
+    std::fs::write(
+        &path,
+        DEFERRED
+            .replace(" deferred", "")
+            .replace("{p0}", &addr.port().to_string()),
+    )
+    .unwrap();
+    running
+        .shared
+        .apply(ginx::compile::load_and_compile(&path).unwrap())
+        .unwrap();
+    assert_eq!(defer_accept(&probe), 0, "the reload turned deferred off");
+    assert_eq!(settle(0).await, 0);
+    let mut silent = TcpStream::connect(addr).await.unwrap();
+    let mut talker = TcpStream::connect(addr).await.unwrap();
+    talker.write_all(GET).await.unwrap();
+    assert_eq!(read_answers(&mut talker, 1).await[0].status, 200);
+    assert_eq!(settle(2).await, 2, "a silent client is accepted at once");
+    silent.write_all(GET).await.unwrap();
+    assert_eq!(read_answers(&mut silent, 1).await[0].status, 200);
+    drop((silent, talker));
+    running.shutdown(Duration::from_secs(5)).await;
+}

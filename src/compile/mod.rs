@@ -152,6 +152,9 @@ pub struct Listener {
     pub addr: SocketAddr,
     pub tls: bool,
     pub http2: bool,
+    /// `deferred` on any of its listen entries: its socket accepts a
+    /// connection once the first bytes have come (TCP_DEFER_ACCEPT).
+    pub deferred: bool,
     pub servers: Vec<Arc<Server>>,
     pub hosts: Arc<HostTable>,
     /// Connection-level limits come from the address's default server, as nginx.
@@ -1122,6 +1125,37 @@ fn compile_proxy_pass(
     })
 }
 
+/// A specific address whose port also has a wildcard listener is accepted by
+/// the wildcard's socket (one socket a port, as nginx binds), so `deferred`
+/// must be set where that socket is configured.
+fn deferred_under_wildcard(
+    by_addr: &[(SocketAddr, Vec<ListenMember<'_>>)],
+    errors: &mut ConfigErrors,
+) {
+    let wildcard_of = |addr: &SocketAddr| {
+        by_addr.iter().find(|(w, _)| {
+            w.ip().is_unspecified() && w.port() == addr.port() && w.is_ipv4() == addr.is_ipv4()
+        })
+    };
+    for (addr, members) in by_addr.iter().filter(|(a, _)| !a.ip().is_unspecified()) {
+        let Some((wildcard, wild_members)) = wildcard_of(addr) else {
+            continue;
+        };
+        if wild_members.iter().any(|(_, s, _)| s.deferred) {
+            continue;
+        }
+        if let Some((_, _, origin)) = members.iter().find(|(_, s, _)| s.deferred) {
+            errors.push(
+                (*origin).clone(),
+                format!(
+                    "listen {addr} deferred: connections to {addr} are accepted by the socket of {wildcard} (at {}), which is not deferred; put `deferred` on that listen entry instead",
+                    wild_members[0].2
+                ),
+            );
+        }
+    }
+}
+
 fn build_listeners(
     servers: &[CompiledServer],
     errors: &mut ConfigErrors,
@@ -1141,10 +1175,12 @@ fn build_listeners(
             }
         }
     }
+    deferred_under_wildcard(&by_addr, errors);
     let mut listeners = Vec::new();
     for (addr, members) in by_addr {
         let tls = members.iter().any(|(_, s, _)| s.tls);
         let http2 = members.iter().any(|(_, s, _)| s.http2);
+        let deferred = members.iter().any(|(_, s, _)| s.deferred);
         if let Some((_, _, origin)) = members.iter().find(|(_, s, _)| s.tls != tls) {
             errors.push((*origin).clone(), format!("listen {addr}: another server uses this address with tls and this one without; all servers on one address must agree on tls"));
         }
@@ -1215,6 +1251,7 @@ fn build_listeners(
             addr,
             tls,
             http2,
+            deferred,
             servers: servers_here,
             hosts,
             limits,

@@ -72,14 +72,21 @@ pub struct ListenSpec {
     pub tls: bool,
     pub http2: bool,
     pub default_server: bool,
+    /// nginx's `deferred`: the socket accepts a connection only once its
+    /// first bytes have arrived (Linux's TCP_DEFER_ACCEPT).
+    pub deferred: bool,
 }
 
+/// The flags a `listen` entry may carry after its address.
+const LISTEN_FLAGS: [&str; 4] = ["tls", "http2", "default_server", "deferred"];
+
 const LISTEN_HELP: &str =
-    "expected ADDR:PORT or PORT (e.g. 127.0.0.1:8080, [::1]:8080, 8080), then any of the flags tls, http2, default_server";
+    "expected ADDR:PORT or PORT (e.g. 127.0.0.1:8080, [::1]:8080, 8080), then any of the flags tls, http2, default_server, deferred";
 
 /// `ADDR:PORT [flags]` or `PORT [flags]`; ADDR is an IPv4 address, `[IPv6]`,
-/// `*` (all IPv4 addresses) or `localhost`. Flags: tls, http2, default_server
-/// (nginx's `ssl` is accepted as a synonym of `tls`, `default` of `default_server`).
+/// `*` (all IPv4 addresses) or `localhost`. Flags: tls, http2, default_server,
+/// deferred (nginx's `ssl` is accepted as a synonym of `tls`, `default` of
+/// `default_server`).
 pub fn parse_listen(text: &str) -> Result<ListenSpec, String> {
     let mut words = text.split_whitespace();
     let addr_text = words
@@ -92,18 +99,21 @@ pub fn parse_listen(text: &str) -> Result<ListenSpec, String> {
         tls: false,
         http2: false,
         default_server: false,
+        deferred: false,
     };
     for flag in words {
         match flag {
             "tls" | "ssl" => spec.tls = true,
             "http2" => spec.http2 = true,
             "default_server" | "default" => spec.default_server = true,
+            "deferred" => spec.deferred = true,
             other => {
-                let hint = crate::config::error::closest(other, ["tls", "http2", "default_server"])
+                let hint = crate::config::error::closest(other, LISTEN_FLAGS)
                     .map(|k| format!(" (did you mean {k:?}?)"))
                     .unwrap_or_default();
                 return Err(format!(
-                    "unknown listen flag {other:?}{hint}: known flags are tls, http2, default_server"
+                    "unknown listen flag {other:?}{hint}: known flags are {}",
+                    LISTEN_FLAGS.join(", ")
                 ));
             }
         }
@@ -180,7 +190,8 @@ mod tests {
         let l = parse_listen("8080").unwrap();
         assert_eq!(l.addr, "0.0.0.0:8080".parse().unwrap());
         let l = parse_listen("127.0.0.1:443 tls default_server http2").unwrap();
-        assert!(l.tls && l.default_server && l.http2);
+        assert!(l.tls && l.default_server && l.http2 && !l.deferred);
+        assert!(parse_listen("80 deferred").unwrap().deferred);
         let l = parse_listen("[::1]:80").unwrap();
         assert_eq!(l.addr, "[::1]:80".parse().unwrap());
         assert_eq!(
@@ -192,5 +203,7 @@ mod tests {
         assert!(parse_listen("1.2.3:80").is_err());
         let e = parse_listen("80 defualt_server").unwrap_err();
         assert!(e.contains("did you mean \"default_server\""), "{e}");
+        let e = parse_listen("80 defered").unwrap_err();
+        assert!(e.contains("did you mean \"deferred\""), "{e}");
     }
 }

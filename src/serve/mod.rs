@@ -152,6 +152,10 @@ impl Running {
 pub struct ListenerHandle {
     stop: watch::Sender<bool>,
     task: JoinHandle<()>,
+    /// The socket (a descriptor of its own), to change its options on reload.
+    socket: std::net::TcpListener,
+    /// Whether TCP_DEFER_ACCEPT is on (`deferred`).
+    deferred: bool,
 }
 
 impl Shared {
@@ -179,25 +183,49 @@ impl Shared {
                     .iter_mut()
                     .find(|l| l.as_ref().and_then(|l| l.local_addr().ok()) == Some(addr))
                     .and_then(Option::take);
+                let deferred = wants_deferred(&config, addr);
+                let cannot = |e: io::Error| {
+                    io::Error::new(e.kind(), format!("cannot listen on {addr}: {e}"))
+                };
                 let listener = match given {
                     Some(std_listener) => {
                         std_listener.set_nonblocking(true)?;
+                        set_deferred(&std_listener, deferred).map_err(cannot)?;
                         std_listener
                     }
-                    None => bind(addr).map_err(|e| {
-                        io::Error::new(e.kind(), format!("cannot listen on {addr}: {e}"))
-                    })?,
+                    None => bind(addr, deferred).map_err(cannot)?,
                 };
-                fresh.push((addr, listener));
+                // A second descriptor of the socket, for a reload that turns
+                // `deferred` on or off while it keeps listening.
+                let handle = listener.try_clone().map_err(cannot)?;
+                fresh.push((addr, listener, handle, deferred));
+            }
+        }
+        let mut listeners = self.listeners.lock().unwrap_or_else(|e| e.into_inner());
+        let kept = listeners.iter_mut().filter(|(a, _)| wanted.contains(a));
+        for (addr, handle) in kept {
+            let deferred = wants_deferred(&config, *addr);
+            if handle.deferred != deferred {
+                match set_deferred(&handle.socket, deferred) {
+                    Ok(()) => handle.deferred = deferred,
+                    Err(e) => {
+                        tracing::warn!(%addr, error = %e, deferred, "cannot change deferred accept")
+                    }
+                }
             }
         }
         self.install(config);
-        let mut listeners = self.listeners.lock().unwrap_or_else(|e| e.into_inner());
-        for (addr, listener) in fresh {
+        for (addr, listener, socket, deferred) in fresh {
             let (stop, stop_rx) = watch::channel(false);
-            tracing::info!(%addr, "listening");
+            tracing::info!(%addr, deferred, "listening");
             let task = tokio::spawn(accept_loop(listener, self.clone(), stop_rx));
-            listeners.insert(addr, ListenerHandle { stop, task });
+            let handle = ListenerHandle {
+                stop,
+                task,
+                socket,
+                deferred,
+            };
+            listeners.insert(addr, handle);
         }
         let removed: Vec<SocketAddr> = listeners
             .keys()
@@ -280,7 +308,48 @@ fn addresses_to_bind(config: &Config) -> Vec<SocketAddr> {
         .collect()
 }
 
-fn bind(addr: SocketAddr) -> io::Result<TcpListener> {
+/// Whether the socket bound to `addr` defers accepting. A specific address
+/// accepted by its port's wildcard socket cannot ask for it alone (compile
+/// refuses that), so the socket's own listen entries decide.
+fn wants_deferred(config: &Config, addr: SocketAddr) -> bool {
+    config
+        .listeners
+        .iter()
+        .any(|l| l.addr == addr && l.deferred)
+}
+
+/// nginx's `deferred`: TCP_DEFER_ACCEPT of 1 second, as nginx sets it. The
+/// kernel then hands over a connection once its first bytes have come (or
+/// the period is over), so that the first read finds the request instead
+/// of waiting for it with a registration and a wake-up of its own.
+#[cfg(target_os = "linux")]
+fn set_deferred(socket: &impl std::os::fd::AsRawFd, on: bool) -> io::Result<()> {
+    let seconds: libc::c_int = on.into();
+    // SAFETY: a valid descriptor, and an int option of the given size.
+    let done = unsafe {
+        libc::setsockopt(
+            socket.as_raw_fd(),
+            libc::IPPROTO_TCP,
+            libc::TCP_DEFER_ACCEPT,
+            (&seconds as *const libc::c_int).cast(),
+            std::mem::size_of::<libc::c_int>() as libc::socklen_t,
+        )
+    };
+    match done {
+        0 => Ok(()),
+        _ => Err(io::Error::last_os_error()),
+    }
+}
+
+#[cfg(not(target_os = "linux"))]
+fn set_deferred(_socket: &impl std::os::fd::AsRawFd, on: bool) -> io::Result<()> {
+    if on {
+        tracing::warn!("listen flag deferred is only supported on Linux; ignored");
+    }
+    Ok(())
+}
+
+fn bind(addr: SocketAddr, deferred: bool) -> io::Result<TcpListener> {
     use socket2::{Domain, Socket, Type};
     let socket = Socket::new(Domain::for_address(addr), Type::STREAM, None)?;
     socket.set_reuse_address(true)?;
@@ -290,6 +359,7 @@ fn bind(addr: SocketAddr) -> io::Result<TcpListener> {
     }
     socket.set_nonblocking(true)?;
     socket.bind(&addr.into())?;
+    set_deferred(&socket, deferred)?;
     socket.listen(1024)?;
     Ok(socket.into())
 }

@@ -13,7 +13,7 @@ use crate::balance::{Balancer, PeerRegistry, PeerState, PickInput};
 use crate::compile::upstream::{Balance, NextUpstream, Protocol};
 use crate::compile::{Config, Location, Upstream};
 use crate::route::{RequestInfo, Routed};
-use crate::serve::body::IdleTimer;
+use crate::serve::body::{ClientBody, IdleTimer};
 use bytes::Bytes;
 use http::header::{self, HeaderMap, HeaderName, HeaderValue};
 use http::{Method, Request, Response, StatusCode, Uri};
@@ -332,7 +332,7 @@ pub async fn forward(
     runtimes: &[UpstreamRuntime],
     routed: &Routed<'_>,
     info: &RequestInfo<'_>,
-    body: Option<Incoming>,
+    body: Option<ClientBody>,
     client_upgrade: Option<OnUpgrade>,
     upstream_uri: &[u8],
     report: &mut UpstreamReport,
@@ -1264,7 +1264,7 @@ impl HeldBody {
 async fn read_request_body(
     info: &RequestInfo<'_>,
     location: &Location,
-    body: Option<Incoming>,
+    body: Option<ClientBody>,
 ) -> Result<HeldBody, ForwardError> {
     let limit = location.client_max_body_size;
     let length = info
@@ -1383,7 +1383,7 @@ impl Body for RequestBody {
 /// The client's body streaming upstream: counted against
 /// client_max_body_size, with client_body_timeout between reads.
 pub struct StreamedBody {
-    inner: Incoming,
+    inner: ClientBody,
     seen: u64,
     limit: u64,
     /// client_body_timeout between two pieces of the body.

@@ -775,25 +775,43 @@ fn write_field(out: &mut Vec<u8>, name: &HeaderName, value: &HeaderValue) {
     out.extend_from_slice(b"\r\n");
 }
 
+/// The `date` field's value for HTTP/2 responses (`h2`): shared, not copied.
+pub fn date_value() -> HeaderValue {
+    date::value()
+}
+
 /// The `date` field's value, formatted once a second per thread.
 mod date {
+    use http::HeaderValue;
     use std::cell::RefCell;
     use std::time::{SystemTime, UNIX_EPOCH};
 
     thread_local! {
-        static CACHED: RefCell<(u64, String)> = const { RefCell::new((u64::MAX, String::new())) };
+        static CACHED: RefCell<(u64, HeaderValue)> =
+            const { RefCell::new((u64::MAX, HeaderValue::from_static(""))) };
     }
 
-    pub fn extend(out: &mut Vec<u8>) {
+    fn with<T>(f: impl FnOnce(&HeaderValue) -> T) -> T {
         let now = SystemTime::now();
         let second = now.duration_since(UNIX_EPOCH).map_or(0, |d| d.as_secs());
         CACHED.with(|cached| {
             let mut cached = cached.borrow_mut();
             if cached.0 != second {
-                *cached = (second, httpdate::fmt_http_date(now));
+                let text = httpdate::fmt_http_date(now);
+                let value = HeaderValue::from_maybe_shared(bytes::Bytes::from(text))
+                    .unwrap_or_else(|_| HeaderValue::from_static(""));
+                *cached = (second, value);
             }
-            out.extend_from_slice(cached.1.as_bytes());
-        });
+            f(&cached.1)
+        })
+    }
+
+    pub fn extend(out: &mut Vec<u8>) {
+        with(|value| out.extend_from_slice(value.as_bytes()));
+    }
+
+    pub fn value() -> HeaderValue {
+        with(HeaderValue::clone)
     }
 }
 

@@ -12,6 +12,7 @@ pub mod body;
 pub mod conn;
 pub mod framing;
 pub mod h1;
+mod h2;
 mod park;
 pub mod respond;
 mod socket;
@@ -26,7 +27,7 @@ use body::ResponseBody;
 use conn::{ClientIo, ConnState, HeadLimits, Watch, Wire};
 use http::{Request, Response};
 use hyper::body::Incoming;
-use hyper_util::rt::{TokioExecutor, TokioIo};
+use hyper_util::rt::TokioIo;
 use park::{Parked, ParkingLot};
 use socket::{ClientSocket, DeferredWatches};
 use std::collections::HashMap;
@@ -626,8 +627,8 @@ const H2_PREFACE: &[u8] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
 /// sent is an HTTP/2 preface, or the start of one (marked on `state` then):
 /// that side refuses the request line as soon as it has read
 /// `PRI * HTTP/2.0`, which may be before the rest has come, and before the
-/// connection's first read saw it whole. hyper's HTTP/2 server reads and
-/// checks the whole preface.
+/// connection's first read saw it whole. The HTTP/2 server side (`h2`,
+/// the h2 crate's handshake) reads and checks the whole preface.
 fn handed_http2(state: &ConnState, buffered: &[u8]) -> bool {
     let n = buffered.len().min(H2_PREFACE.len());
     let http2 = n >= conn::H2_REQUEST_LINE.len() && buffered[..n] == H2_PREFACE[..n];
@@ -673,29 +674,41 @@ async fn drive<I>(
         .await;
         return;
     }
-    let service = {
-        let state = state.clone();
-        hyper::service::service_fn(move |req| {
-            Box::pin(handle_request(shared.clone(), state.clone(), info, req))
-        })
-    };
     // HTTP/2 limits, set explicitly (documented in ginx.yaml(5)): at most 128
     // streams at once; a header list no larger than max_header_size (which
     // also bounds a CONTINUATION sequence); rapid reset: at most 20 streams
     // reset by the client before ginx has answered them are tolerated, and
     // 1,024 streams ginx had to reset for errors, before the connection is
     // closed with GOAWAY.
-    let mut builder = hyper::server::conn::http2::Builder::new(TokioExecutor::new());
-    builder
-        .max_concurrent_streams(H2_MAX_CONCURRENT_STREAMS)
-        .max_header_list_size(limits.max_header_size as u32)
-        .max_pending_accept_reset_streams(H2_MAX_PENDING_RESETS)
-        .max_local_error_reset_streams(H2_MAX_LOCAL_ERROR_RESETS);
+    let h2_limits = h2::Limits {
+        max_concurrent_streams: H2_MAX_CONCURRENT_STREAMS,
+        max_header_list_size: limits.max_header_size as u32,
+        max_pending_accept_reset_streams: H2_MAX_PENDING_RESETS,
+        max_local_error_reset_streams: H2_MAX_LOCAL_ERROR_RESETS,
+    };
+    let serve_stream = {
+        let state = state.clone();
+        move |request: Request<::h2::RecvStream>, respond| {
+            let (parts, recv) = request.into_parts();
+            let body = body::ClientBody::H2(h2::StreamBody::new(recv, &parts.headers));
+            // Boxed, as hyper's (see `handle_request`): a stream's future
+            // is moved into the connection's set of streams.
+            let handling = Box::pin(handle(
+                shared.clone(),
+                state.clone(),
+                info,
+                parts,
+                Some(body),
+                None,
+            ));
+            h2::answer(handling, respond)
+        }
+    };
     // Boxed: HTTP/2's connection state is much larger than HTTP/1's.
-    let mut conn = Box::pin(builder.serve_connection(TokioIo::new(io), service));
+    let mut conn = Box::pin(h2::Server::new(io, &h2_limits, serve_stream));
     watch_connection(
         conn.as_mut(),
-        |c| c.graceful_shutdown(),
+        |c| c.get_mut().graceful_shutdown(),
         &state,
         &limits,
         stop,
@@ -1124,11 +1137,11 @@ impl std::error::Error for CloseWithoutAnswer {}
 
 /// One request, start to end, on the generation current when it arrived.
 ///
-/// Its future is boxed by the callers (the service functions): hyper moves
-/// a request's future several times (into its dispatcher, and for HTTP/2 into
-/// a task of its own), and a box makes each move 8 bytes instead of the few
-/// KiB that forwarding needs; it also means a connection between requests
-/// holds no room for one.
+/// Its future is boxed by the callers (the service function, `drive`'s
+/// streams): hyper moves a request's future into its dispatcher, and an
+/// HTTP/2 stream's is moved into the connection's set of streams; a box
+/// makes each move 8 bytes instead of the few KiB that forwarding needs,
+/// and a connection between requests holds no room for one.
 fn handle_request(
     shared: Arc<Shared>,
     state: Arc<ConnState>,
@@ -1139,7 +1152,14 @@ fn handle_request(
     let upgrade = forward::wants_upgrade(req.headers()).then(|| hyper::upgrade::on(&mut req));
     let (parts, body) = req.into_parts();
     // `handle`'s own future, not one around it holding the request too.
-    handle(shared, state, info, parts, Some(body), upgrade)
+    handle(
+        shared,
+        state,
+        info,
+        parts,
+        Some(body::ClientBody::Hyper(body)),
+        upgrade,
+    )
 }
 
 /// A request from either server side: hyper's (`body` is its body) or
@@ -1156,7 +1176,7 @@ fn handle(
     state: Arc<ConnState>,
     info: ConnInfo,
     parts: http::request::Parts,
-    body: Option<Incoming>,
+    body: Option<body::ClientBody>,
     upgrade: Option<hyper::upgrade::OnUpgrade>,
 ) -> impl Future<Output = Result<Response<ResponseBody>, CloseWithoutAnswer>> {
     async move {
@@ -1208,7 +1228,7 @@ fn respond<'a>(
     conn_state: &'a ConnState,
     conn: ConnInfo,
     parts: &'a http::request::Parts,
-    body: Option<Incoming>,
+    body: Option<body::ClientBody>,
     upgrade: Option<hyper::upgrade::OnUpgrade>,
     request_number: u64,
     entry: &'a mut Entry,

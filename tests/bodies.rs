@@ -828,3 +828,137 @@ servers:
     }
     gw.stop().await;
 }
+
+/// An HTTP/2 client on a plain `http2` address, with the h2 crate (which
+/// lets a test set its window and reset a stream), its connection task
+/// spawned.
+async fn h2c(addr: SocketAddr, window: u32) -> h2::client::SendRequest<bytes::Bytes> {
+    let tcp = TcpStream::connect(addr).await.unwrap();
+    let (client, conn) = h2::client::Builder::new()
+        .initial_window_size(window)
+        .handshake(tcp)
+        .await
+        .unwrap();
+    tokio::spawn(async move {
+        let _ = conn.await;
+    });
+    client
+}
+
+fn h2_get(path: &str) -> http::Request<()> {
+    http::Request::get(format!("http://x{path}"))
+        .body(())
+        .unwrap()
+}
+
+/// A response far larger than the client's window goes out as the client
+/// gives window back, whole and in order.
+#[tokio::test]
+async fn a_large_http2_response_is_sent_as_the_clients_window_allows() {
+    let up = upstream("a").await;
+    let yaml = r#"
+upstreams:
+  app: { servers: ["{UP}"] }
+servers:
+  - listen: ["127.0.0.1:{p0} http2"]
+    locations:
+      - location: /
+        proxy_pass: http://app
+"#
+    .replace("{UP}", &up.addr.to_string());
+    let gw = start_one(&yaml, 1).await;
+    let mut client = h2c(gw.addr(0), 16 * 1024).await;
+    let size = 1 << 20;
+    let (response, _) = client
+        .send_request(h2_get(&format!("/big/{size}")), true)
+        .unwrap();
+    let response = tokio::time::timeout(IO_LIMIT, response)
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(response.status(), 200);
+    let mut body = response.into_body();
+    let mut got = 0;
+    let deadline = tokio::time::Instant::now() + IO_LIMIT;
+    while let Some(chunk) = tokio::time::timeout_at(deadline, body.data())
+        .await
+        .expect("the body in time")
+    {
+        let chunk = chunk.unwrap();
+        assert!(chunk.iter().all(|&b| b == b'x'));
+        got += chunk.len();
+        body.flow_control().release_capacity(chunk.len()).unwrap();
+    }
+    assert_eq!(got, size);
+    gw.stop().await;
+}
+
+/// A client's RST_STREAM cancels its request, and with it the upstream's:
+/// the upstream connection is closed rather than waited on.
+#[tokio::test]
+async fn an_http2_reset_cancels_the_upstream_request() {
+    let upstream = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let yaml = r#"
+upstreams:
+  app: { servers: ["{UP}"] }
+servers:
+  - listen: ["127.0.0.1:{p0} http2"]
+    locations:
+      - location: /
+        proxy_pass: http://app
+"#
+    .replace("{UP}", &upstream.local_addr().unwrap().to_string());
+    let gw = start_one(&yaml, 1).await;
+    let mut client = h2c(gw.addr(0), 65_535).await;
+    let (_response, mut stream) = client.send_request(h2_get("/wait"), true).unwrap();
+    let (mut conn, _) = tokio::time::timeout(IO_LIMIT, upstream.accept())
+        .await
+        .unwrap()
+        .unwrap();
+    let mut head = Vec::new();
+    let mut buf = [0u8; 1024];
+    while !head.windows(4).any(|w| w == b"\r\n\r\n") {
+        let n = tokio::time::timeout(IO_LIMIT, conn.read(&mut buf))
+            .await
+            .unwrap()
+            .unwrap();
+        assert!(n > 0, "the request came whole");
+        head.extend_from_slice(&buf[..n]);
+    }
+    assert!(head.starts_with(b"GET /wait "));
+    stream.send_reset(h2::Reason::CANCEL);
+    let n = tokio::time::timeout(IO_LIMIT, conn.read(&mut buf))
+        .await
+        .expect("the upstream connection closed once the client reset")
+        .unwrap();
+    assert_eq!(n, 0);
+    gw.stop().await;
+}
+
+/// `return 444` on HTTP/2 resets the stream (there is no connection of its
+/// own to close); the connection serves on.
+#[tokio::test]
+async fn return_444_over_http2_resets_the_stream_only() {
+    let yaml = r#"
+servers:
+  - listen: ["127.0.0.1:{p0} http2"]
+    locations:
+      - location: /gone
+        return: 444
+      - location: /
+        return: 200 "here\n"
+"#;
+    let gw = start_one(yaml, 1).await;
+    let mut client = h2c(gw.addr(0), 65_535).await;
+    let (response, _) = client.send_request(h2_get("/gone"), true).unwrap();
+    let refused = tokio::time::timeout(IO_LIMIT, response).await.unwrap();
+    let e = refused.expect_err("no answer");
+    assert_eq!(e.reason(), Some(h2::Reason::INTERNAL_ERROR), "{e}");
+    let (response, _) = client.send_request(h2_get("/"), true).unwrap();
+    let response = tokio::time::timeout(IO_LIMIT, response)
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(response.status(), 200);
+    gw.stop().await;
+}

@@ -780,13 +780,8 @@ async fn trailers_and_the_body_around_them() {
     gw.stop().await;
 }
 
-/// An HTTP/2 request body without content-length has no length an HTTP/1
-/// server could be told: it goes up chunked, whole, whatever the method
-/// (hyper's client would send it on a GET as no body at all).
-#[tokio::test]
-async fn an_http2_body_of_unknown_length_reaches_an_http1_upstream_whole() {
-    use http_body_util::BodyExt;
-    let up = upstream("a").await;
+/// A gateway whose plain `http2` address proxies everything to `upstream`.
+async fn h2_proxy(upstream: SocketAddr) -> common::Gateway {
     let yaml = r#"
 upstreams:
   app: { servers: ["{UP}"] }
@@ -796,8 +791,18 @@ servers:
       - location: /
         proxy_pass: http://app
 "#
-    .replace("{UP}", &up.addr.to_string());
-    let gw = start_one(&yaml, 1).await;
+    .replace("{UP}", &upstream.to_string());
+    start_one(&yaml, 1).await
+}
+
+/// An HTTP/2 request body without content-length has no length an HTTP/1
+/// server could be told: it goes up chunked, whole, whatever the method
+/// (hyper's client would send it on a GET as no body at all).
+#[tokio::test]
+async fn an_http2_body_of_unknown_length_reaches_an_http1_upstream_whole() {
+    use http_body_util::BodyExt;
+    let up = upstream("a").await;
+    let gw = h2_proxy(up.addr).await;
     let mut sender = common::h2_connect(gw.addr(0)).await;
     for method in ["GET", "POST"] {
         let chunks = ["hello ", "from ", "h2"].map(|c| {
@@ -856,17 +861,7 @@ fn h2_get(path: &str) -> http::Request<()> {
 #[tokio::test]
 async fn a_large_http2_response_is_sent_as_the_clients_window_allows() {
     let up = upstream("a").await;
-    let yaml = r#"
-upstreams:
-  app: { servers: ["{UP}"] }
-servers:
-  - listen: ["127.0.0.1:{p0} http2"]
-    locations:
-      - location: /
-        proxy_pass: http://app
-"#
-    .replace("{UP}", &up.addr.to_string());
-    let gw = start_one(&yaml, 1).await;
+    let gw = h2_proxy(up.addr).await;
     let mut client = h2c(gw.addr(0), 16 * 1024).await;
     let size = 1 << 20;
     let (response, _) = client
@@ -898,17 +893,7 @@ servers:
 #[tokio::test]
 async fn an_http2_reset_cancels_the_upstream_request() {
     let upstream = TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let yaml = r#"
-upstreams:
-  app: { servers: ["{UP}"] }
-servers:
-  - listen: ["127.0.0.1:{p0} http2"]
-    locations:
-      - location: /
-        proxy_pass: http://app
-"#
-    .replace("{UP}", &upstream.local_addr().unwrap().to_string());
-    let gw = start_one(&yaml, 1).await;
+    let gw = h2_proxy(upstream.local_addr().unwrap()).await;
     let mut client = h2c(gw.addr(0), 65_535).await;
     let (_response, mut stream) = client.send_request(h2_get("/wait"), true).unwrap();
     let (mut conn, _) = tokio::time::timeout(IO_LIMIT, upstream.accept())

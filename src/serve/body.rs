@@ -246,42 +246,9 @@ impl IdleTimer {
 }
 
 /// A request's body as the server side hands it to forwarding: hyper's
-/// (HTTP/1 connections it serves), or an HTTP/2 stream's (`h2`).
-pub enum ClientBody {
-    Hyper(hyper::body::Incoming),
-    H2(super::h2::StreamBody),
-}
-
-impl Body for ClientBody {
-    type Data = Bytes;
-    type Error = BoxError;
-
-    fn poll_frame(
-        self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-    ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
-        match self.get_mut() {
-            ClientBody::Hyper(b) => Pin::new(b)
-                .poll_frame(cx)
-                .map(|f| f.map(|r| r.map_err(Into::into))),
-            ClientBody::H2(b) => Pin::new(b).poll_frame(cx),
-        }
-    }
-
-    fn is_end_stream(&self) -> bool {
-        match self {
-            ClientBody::Hyper(b) => b.is_end_stream(),
-            ClientBody::H2(b) => b.is_end_stream(),
-        }
-    }
-
-    fn size_hint(&self) -> SizeHint {
-        match self {
-            ClientBody::Hyper(b) => b.size_hint(),
-            ClientBody::H2(b) => b.size_hint(),
-        }
-    }
-}
+/// (HTTP/1 connections it serves) on the left, an HTTP/2 stream's (`h2`)
+/// on the right.
+pub type ClientBody = http_body_util::Either<hyper::body::Incoming, super::h2::StreamBody>;
 
 #[cfg(test)]
 mod tests {

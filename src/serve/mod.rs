@@ -690,7 +690,7 @@ async fn drive<I>(
         let state = state.clone();
         move |request: Request<::h2::RecvStream>, respond| {
             let (parts, recv) = request.into_parts();
-            let body = body::ClientBody::H2(h2::StreamBody::new(recv, &parts.headers));
+            let body = body::ClientBody::Right(h2::StreamBody::new(recv, &parts.headers));
             // Boxed, as hyper's (see `handle_request`): a stream's future
             // is moved into the connection's set of streams.
             let handling = Box::pin(handle(
@@ -1157,7 +1157,7 @@ fn handle_request(
         state,
         info,
         parts,
-        Some(body::ClientBody::Hyper(body)),
+        Some(body::ClientBody::Left(body)),
         upgrade,
     )
 }

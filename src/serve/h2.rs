@@ -196,50 +196,93 @@ impl Wake for ConnectionWaker {
 /// Answer one stream: the handler's response, or a reset when the handler
 /// refuses to answer; dropped (with the handler's future, and so the
 /// upstream request) when the client resets the stream.
-pub async fn answer<F>(handling: F, mut respond: SendResponse<Bytes>)
+///
+/// A future written out rather than an `async fn`: the connection moves
+/// each stream's future into its set (three copies), and an `async fn`
+/// here kept the response, its head and its body twice over beside the
+/// body's sending, 1,776 bytes; this holds each once.
+pub fn answer<F>(handling: F, respond: SendResponse<Bytes>) -> Answer<F>
 where
-    F: Future<Output = Result<Response<ResponseBody>, CloseWithoutAnswer>>,
+    F: Future<Output = Result<Response<ResponseBody>, CloseWithoutAnswer>> + Unpin,
 {
-    let mut handling = std::pin::pin!(handling);
-    let answered = std::future::poll_fn(|cx| {
-        if let Poll::Ready(answer) = handling.as_mut().poll(cx) {
-            return Poll::Ready(Some(answer));
+    Answer {
+        handling: Some(handling),
+        respond,
+        sending: None,
+    }
+}
+
+pub struct Answer<F> {
+    /// The handler, until it has answered (then dropped: a long body's
+    /// sending does not keep the handler's state).
+    handling: Option<F>,
+    respond: SendResponse<Bytes>,
+    /// The head is sent: the body goes out as flow control allows.
+    sending: Option<SendingBody>,
+}
+
+impl<F> Future for Answer<F>
+where
+    F: Future<Output = Result<Response<ResponseBody>, CloseWithoutAnswer>> + Unpin,
+{
+    type Output = ();
+
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<()> {
+        let me = self.get_mut();
+        if let Some(handling) = &mut me.handling {
+            let answered = match Pin::new(handling).poll(cx) {
+                Poll::Ready(answered) => answered,
+                // The client reset the stream: nothing to answer.
+                Poll::Pending if me.respond.poll_reset(cx).is_ready() => return Poll::Ready(()),
+                Poll::Pending => return Poll::Pending,
+            };
+            me.handling = None;
+            let Ok(response) = answered else {
+                // `return 444`: the stream is reset, as hyper does for a handler's error.
+                me.respond.send_reset(Reason::INTERNAL_ERROR);
+                return Poll::Ready(());
+            };
+            match send_head(response, &mut me.respond) {
+                Some(sending) => me.sending = Some(sending),
+                None => return Poll::Ready(()),
+            }
         }
-        match respond.poll_reset(cx) {
-            Poll::Ready(_) => Poll::Ready(None),
-            Poll::Pending => Poll::Pending,
+        match &mut me.sending {
+            Some(sending) => sending.poll(cx),
+            None => Poll::Ready(()),
         }
-    })
-    .await;
-    let Some(answered) = answered else {
-        return; // the client reset the stream
-    };
-    let Ok(response) = answered else {
-        // `return 444`: the stream is reset, as hyper does for a handler's error.
-        respond.send_reset(Reason::INTERNAL_ERROR);
-        return;
-    };
+    }
+}
+
+/// Sends the response's head; what is left of the body to send, if any.
+fn send_head(
+    response: Response<ResponseBody>,
+    respond: &mut SendResponse<Bytes>,
+) -> Option<SendingBody> {
     let (mut head, body) = response.into_parts();
     strip_connection_fields(&mut head.headers);
     head.headers
         .entry(header::DATE)
         .or_insert_with(super::h1::date_value);
-    let head = Response::from_parts(head, ());
-    if body.is_end_stream() {
-        if respond.send_response(head, true).is_err() {
-            respond.send_reset(Reason::INTERNAL_ERROR);
+    let end = body.is_end_stream();
+    if !end {
+        if let Some(length) = body.size_hint().exact() {
+            head.headers
+                .entry(header::CONTENT_LENGTH)
+                .or_insert_with(|| HeaderValue::from(length));
         }
-        return;
     }
-    let mut head = head;
-    if let Some(length) = body.size_hint().exact() {
-        head.headers_mut()
-            .entry(header::CONTENT_LENGTH)
-            .or_insert_with(|| HeaderValue::from(length));
-    }
-    match respond.send_response(head, false) {
-        Ok(send) => send_body(body, send).await,
-        Err(_) => respond.send_reset(Reason::INTERNAL_ERROR),
+    match respond.send_response(Response::from_parts(head, ()), end) {
+        Ok(_) if end => None,
+        Ok(send) => Some(SendingBody {
+            body,
+            send,
+            waiting: None,
+        }),
+        Err(_) => {
+            respond.send_reset(Reason::INTERNAL_ERROR);
+            None
+        }
     }
 }
 
@@ -279,69 +322,74 @@ fn strip_connection_fields(headers: &mut HeaderMap) {
     }
 }
 
-/// Send `body` on `send` as the peer's flow control allows: a chunk is sent
-/// once the stream has room for some of it (h2 splits it), trailers end the
-/// stream, and a client's reset or a body error stop it.
-async fn send_body(body: ResponseBody, mut send: SendStream<Bytes>) {
-    let mut body = std::pin::pin!(body);
-    // A chunk taken from the body that waits for room.
-    let mut waiting: Option<(Bytes, bool)> = None;
-    std::future::poll_fn(|cx| loop {
-        if send.poll_reset(cx).is_ready() {
-            return Poll::Ready(());
-        }
-        if let Some((chunk, last)) = waiting.take() {
-            while send.capacity() == 0 {
-                match send.poll_capacity(cx) {
-                    Poll::Ready(Some(Ok(_))) => {}
-                    Poll::Ready(Some(Err(_)) | None) => return Poll::Ready(()),
-                    Poll::Pending => {
-                        waiting = Some((chunk, last));
-                        return Poll::Pending;
-                    }
-                }
-            }
-            if send.send_data(chunk, last).is_err() || last {
+/// A response body being sent as the peer's flow control allows: a chunk
+/// is sent once the stream has room for some of it (h2 splits it), trailers
+/// end the stream, and a client's reset or a body error stop it.
+struct SendingBody {
+    body: ResponseBody,
+    send: SendStream<Bytes>,
+    /// A chunk taken from the body that waits for room.
+    waiting: Option<(Bytes, bool)>,
+}
+
+impl SendingBody {
+    fn poll(&mut self, cx: &mut Context<'_>) -> Poll<()> {
+        loop {
+            if self.send.poll_reset(cx).is_ready() {
                 return Poll::Ready(());
             }
-            continue;
-        }
-        // The next frame is asked for before any room is reserved: a
-        // reservation for a body that has nothing yet would hold back the
-        // connection's window from other streams (hyper #4003).
-        match ready!(body.as_mut().poll_frame(cx)) {
-            Some(Ok(frame)) => match frame.into_data() {
-                Ok(chunk) => {
-                    let last = body.is_end_stream();
-                    if chunk.is_empty() {
-                        if send.send_data(chunk, last).is_err() || last {
+            if let Some((chunk, last)) = self.waiting.take() {
+                while self.send.capacity() == 0 {
+                    match self.send.poll_capacity(cx) {
+                        Poll::Ready(Some(Ok(_))) => {}
+                        Poll::Ready(Some(Err(_)) | None) => return Poll::Ready(()),
+                        Poll::Pending => {
+                            self.waiting = Some((chunk, last));
+                            return Poll::Pending;
+                        }
+                    }
+                }
+                if self.send.send_data(chunk, last).is_err() || last {
+                    return Poll::Ready(());
+                }
+                continue;
+            }
+            // The next frame is asked for before any room is reserved: a
+            // reservation for a body that has nothing yet would hold back the
+            // connection's window from other streams (hyper #4003).
+            match ready!(Pin::new(&mut self.body).poll_frame(cx)) {
+                Some(Ok(frame)) => match frame.into_data() {
+                    Ok(chunk) => {
+                        let last = self.body.is_end_stream();
+                        if chunk.is_empty() {
+                            if self.send.send_data(chunk, last).is_err() || last {
+                                return Poll::Ready(());
+                            }
+                            continue;
+                        }
+                        // A claim of one byte: h2 raises it to what is buffered.
+                        self.send.reserve_capacity(1);
+                        self.waiting = Some((chunk, last));
+                    }
+                    Err(frame) => {
+                        if let Ok(trailers) = frame.into_trailers() {
+                            self.send.reserve_capacity(0);
+                            let _ = self.send.send_trailers(trailers);
                             return Poll::Ready(());
                         }
-                        continue;
                     }
-                    // A claim of one byte: h2 raises it to what is buffered.
-                    send.reserve_capacity(1);
-                    waiting = Some((chunk, last));
+                },
+                Some(Err(_)) => {
+                    self.send.send_reset(Reason::INTERNAL_ERROR);
+                    return Poll::Ready(());
                 }
-                Err(frame) => {
-                    if let Ok(trailers) = frame.into_trailers() {
-                        send.reserve_capacity(0);
-                        let _ = send.send_trailers(trailers);
-                        return Poll::Ready(());
-                    }
+                None => {
+                    let _ = self.send.send_data(Bytes::new(), true);
+                    return Poll::Ready(());
                 }
-            },
-            Some(Err(_)) => {
-                send.send_reset(Reason::INTERNAL_ERROR);
-                return Poll::Ready(());
-            }
-            None => {
-                let _ = send.send_data(Bytes::new(), true);
-                return Poll::Ready(());
             }
         }
-    })
-    .await
+    }
 }
 
 /// A request body read from its stream, its flow-control window given back

@@ -693,14 +693,8 @@ async fn drive<I>(
             let body = body::ClientBody::Right(h2::StreamBody::new(recv, &parts.headers));
             // Boxed, as hyper's (see `handle_request`): a stream's future
             // is moved into the connection's set of streams.
-            let handling = Box::pin(handle(
-                shared.clone(),
-                state.clone(),
-                info,
-                parts,
-                Some(body),
-                None,
-            ));
+            let handling =
+                boxed(|| handle(shared.clone(), state.clone(), info, parts, Some(body), None));
             h2::answer(handling, respond)
         }
     };
@@ -785,14 +779,7 @@ where
     async move {
         let handler = |parts| {
             // Boxed, as hyper's (see `handle_request`).
-            Box::pin(handle(
-                shared.clone(),
-                state.clone(),
-                info,
-                parts,
-                None,
-                None,
-            ))
+            boxed(|| handle(shared.clone(), state.clone(), info, parts, None, None))
         };
         // A plain connection's head limit is max_header_size: a larger head
         // goes to hyper, and the client wrapper refuses it then (414 / 431).
@@ -849,7 +836,7 @@ where
         let shared = shared.clone();
         let state = state.clone();
         hyper::service::service_fn(move |req| {
-            Box::pin(handle_request(shared.clone(), state.clone(), info, req))
+            boxed(|| handle_request(shared.clone(), state.clone(), info, req))
         })
     };
     // Boxed, so that the task's own state stays small.
@@ -1135,6 +1122,20 @@ impl std::fmt::Display for CloseWithoutAnswer {
 
 impl std::error::Error for CloseWithoutAnswer {}
 
+/// A future built in its box: `Box::pin(make())` builds it on the stack and
+/// copies it whole into the box (forwarding's is 2 KiB, most of it room for
+/// later states); with the box allocated first the compiler can build the
+/// future in place. It does for forwarding's (callgrind: 230 instructions
+/// of copying a request less), not yet for the handler's.
+#[inline(always)]
+fn boxed<F: Future>(make: impl FnOnce() -> F) -> std::pin::Pin<Box<F>> {
+    let mut slot = Box::<F>::new_uninit();
+    slot.write(make());
+    // SAFETY: written just above. (`Box::write` does this safely, but from
+    // Rust 1.87; ginx builds with 1.85.)
+    Box::into_pin(unsafe { slot.assume_init() })
+}
+
 /// One request, start to end, on the generation current when it arrived.
 ///
 /// Its future is boxed by the callers (the service function, `drive`'s
@@ -1299,18 +1300,20 @@ fn respond<'a>(
                     break 'proxy respond::page(status, settings.server_tokens);
                 }
                 let mut report = UpstreamReport::default();
-                // Boxed on its own: it is 2 KiB of the handler's future, and a
-                // future is moved whole, once into its caller's and once into
-                // its box; a `return` then moves none of it.
-                let result = Box::pin(forward::forward(
-                    &generation.upstreams,
-                    &routed,
-                    &info,
-                    body,
-                    upgrade,
-                    uri,
-                    &mut report,
-                ))
+                // Boxed on its own: it would be 2 KiB of the handler's future,
+                // moved whole with it; built in its box (see `boxed`), and a
+                // `return` then moves none of it.
+                let result = boxed(|| {
+                    forward::forward(
+                        &generation.upstreams,
+                        &routed,
+                        &info,
+                        body,
+                        upgrade,
+                        uri,
+                        &mut report,
+                    )
+                })
                 .await;
                 if let (Some(t), Some(rt)) = (
                     report.response_time,

@@ -12,9 +12,14 @@
 //!   2 ms pause, which h2's reset guard does not catch (see the test): every
 //!   stream is taken up, and each one to a proxying location makes ginx open
 //!   an upstream connection. keepalive_requests (500 here) ends it: GOAWAY
-//!   once the connection has had that many streams, as nginx does; no more
-//!   than one upstream connection per stream; an earlier connection and new
-//!   ones are all served afterwards.
+//!   once the connection has had that many streams, as nginx does, and
+//!   streams after it are refused: no more than one upstream connection per
+//!   stream taken, and no more than 500 in all, however far the server lags
+//!   behind the client's writes; an earlier connection and new ones are all
+//!   served afterwards.
+//! - `streams_past_keepalive_requests_are_refused`: with keepalive_requests
+//!   3, six requests in one write: three are answered, the other three
+//!   refused with RST_STREAM(REFUSED_STREAM), then GOAWAY and a close.
 //! - `continuation_flood_is_answered_with_goaway`: one HEADERS without
 //!   END_HEADERS followed by up to 10,000 CONTINUATION frames of 1 KiB, with
 //!   `max_header_size: 4k`. ginx answers GOAWAY after a handful of frames and
@@ -648,8 +653,21 @@ async fn still_serves(h2: SocketAddr, h1: SocketAddr) {
     assert_eq!(r.status, 200, "an HTTP/1.1 client is served");
 }
 
-/// The attack was stopped by the server, not by running out of things to send.
+/// The attack was stopped by the server, not by running out of things to
+/// send: a GOAWAY with one of `code` and a close, within `before` units.
 fn assert_cut_short(a: &Attack, code: &[u32], before: usize) {
+    assert_goaway_and_close(a, code);
+    assert!(
+        a.sent <= before,
+        "{}: {} sent before the server reacted (at most {before} expected)",
+        a.name,
+        a.sent
+    );
+}
+
+/// The server answered with a GOAWAY with one of `code` and closed the
+/// connection within 5 s.
+fn assert_goaway_and_close(a: &Attack, code: &[u32]) {
     let goaway = a
         .seen
         .goaway
@@ -661,12 +679,6 @@ fn assert_cut_short(a: &Attack, code: &[u32], before: usize) {
         a.name,
         code_name(goaway.code),
         goaway.code
-    );
-    assert!(
-        a.sent <= before,
-        "{}: {} sent before the server reacted (at most {before} expected)",
-        a.name,
-        a.sent
     );
     let (how, at) = a
         .seen
@@ -680,11 +692,14 @@ fn assert_cut_short(a: &Attack, code: &[u32], before: usize) {
     );
 }
 
-/// No reset stream was answered, and a paced rapid reset is cut short:
-/// GOAWAY (NO_ERROR once keepalive_requests streams are used, or
-/// ENHANCE_YOUR_CALM if h2's reset guard fires first) and a close, long
-/// before the 2,000 planned streams.
-fn assert_paced_contained(a: &Attack, keepalive_requests: usize) {
+/// No reset stream was answered, and a paced rapid reset is stopped: GOAWAY
+/// (NO_ERROR once keepalive_requests streams are used, or ENHANCE_YOUR_CALM
+/// if h2's reset guard fires first) and a close. How many streams the
+/// client got out before the GOAWAY reached it depends on how far the
+/// server lags behind its writes (on a loaded machine, all 2,000 can be on
+/// their way); what is bounded is the server's work, which the caller
+/// checks upstream.
+fn assert_paced_contained(a: &Attack) {
     let last_reset = (2 * a.sent as u32).saturating_sub(1);
     assert!(
         a.seen.statuses.iter().all(|(id, _)| *id > last_reset),
@@ -692,8 +707,7 @@ fn assert_paced_contained(a: &Attack, keepalive_requests: usize) {
         a.name,
         a.seen.summary()
     );
-    // The GOAWAY is noticed within a write or two of pacing (20 streams each).
-    assert_cut_short(a, &[NO_ERROR, ENHANCE_YOUR_CALM], keepalive_requests + 100);
+    assert_goaway_and_close(a, &[NO_ERROR, ENHANCE_YOUR_CALM]);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -730,7 +744,7 @@ async fn rapid_reset_is_answered_with_goaway() {
 /// it, and each reset stream starts its request (ginx opens an upstream
 /// connection for it, then drops it). What bounds the attack is
 /// keepalive_requests, applied to HTTP/2 as nginx does: GOAWAY once the
-/// connection has had that many streams. Each reset stream costs at most one
+/// connection has had that many streams, and any stream after them refused. Each reset stream costs at most one
 /// upstream connection attempt and no answer; a connection opened before,
 /// and new ones, are served at once.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -762,10 +776,11 @@ servers:
         connects(),
         up.hits()
     );
-    assert_paced_contained(&attack, 500);
+    assert_paced_contained(&attack);
     assert!(
-        connects() <= attack.sent + 1,
-        "at most one upstream connection per stream: {} for {} streams",
+        connects() <= attack.sent.min(500),
+        "at most one upstream connection per stream taken, and no more than \
+         keepalive_requests (500) streams taken: {} connections for {} streams sent",
         connects(),
         attack.sent
     );
@@ -777,6 +792,50 @@ servers:
     );
     still_serves(gw.addr(0), gw.addr(1)).await;
     up.kill();
+    gw.stop().await;
+}
+
+/// keepalive_requests 3, and 6 requests in one write: the first 3 are
+/// answered, the other 3 refused (RST_STREAM REFUSED_STREAM, safe to retry
+/// elsewhere) rather than served, and the connection ends with GOAWAY.
+/// h2's first GOAWAY names no last stream (2^31-1), and until the client
+/// answers its PING every new stream would be taken up, so a client that
+/// never answers could go on well past the limit.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn streams_past_keepalive_requests_are_refused() {
+    let yaml = YAML.replace(
+        "max_header_size: 4k",
+        "max_header_size: 4k\n  keepalive_requests: 3",
+    );
+    let gw = start_one(&yaml, 2).await;
+    let mut c = Client::connect(gw.addr(0)).await;
+    let block = request_block("/");
+    let all: Vec<u8> = (0..6)
+        .flat_map(|i| frame(HEADERS, END_HEADERS | END_STREAM, 2 * i + 1, &block))
+        .collect();
+    c.send(&all).await.expect("send 6 HEADERS");
+    let deadline = Instant::now() + IO_LIMIT;
+    while c.seen.statuses.len() + c.seen.resets.len() < 6 {
+        if c.read_frame(deadline).await.is_none() {
+            break;
+        }
+    }
+    c.until_closed(IO_LIMIT).await;
+    println!("past keepalive_requests: {}", c.seen.summary());
+    for id in [1, 3, 5] {
+        assert_eq!(
+            c.seen.status(id),
+            Some(Some(200)),
+            "stream {id}: {}",
+            c.seen.summary()
+        );
+    }
+    assert_eq!(c.seen.refused(), vec![7, 9, 11], "{}", c.seen.summary());
+    assert_eq!(c.seen.statuses.len(), 3, "{}", c.seen.summary());
+    let goaway = c.seen.goaway.as_ref().expect("a GOAWAY");
+    assert_eq!(goaway.code, NO_ERROR, "{}", c.seen.summary());
+    assert!(!c.is_open(), "closed: {}", c.seen.summary());
+    still_serves(gw.addr(0), gw.addr(1)).await;
     gw.stop().await;
 }
 
@@ -1022,7 +1081,7 @@ servers:
         // paced_rapid_reset_is_contained): the most work per round.
         let paced = rapid_reset(ginx.addr, "/up/x", 20, Duration::from_millis(2)).await;
         paced.report();
-        assert_paced_contained(&paced, 500);
+        assert_paced_contained(&paced);
         let flood = continuation_flood(ginx.addr).await;
         flood.report();
         assert_cut_short(&flood, &[ENHANCE_YOUR_CALM, COMPRESSION_ERROR], 100);

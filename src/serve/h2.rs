@@ -44,6 +44,8 @@ pub struct Limits {
     pub max_header_list_size: u32,
     pub max_pending_accept_reset_streams: usize,
     pub max_local_error_reset_streams: usize,
+    /// keepalive_requests: streams taken on one connection before GOAWAY.
+    pub max_streams: u64,
 }
 
 fn builder(limits: &Limits) -> h2::server::Builder {
@@ -78,6 +80,9 @@ pub struct Server<I, H, S> {
     serve_stream: H,
     /// graceful_shutdown came during the handshake.
     shutdown_asked: bool,
+    /// Streams taken so far, and how many may be (`Limits::max_streams`).
+    taken: u64,
+    max_streams: u64,
 }
 
 impl<I, H, S> Server<I, H, S>
@@ -95,6 +100,8 @@ where
             waker,
             serve_stream,
             shutdown_asked: false,
+            taken: 0,
+            max_streams: limits.max_streams,
         }
     }
 
@@ -117,9 +124,24 @@ where
         let mut took = false;
         loop {
             match conn.poll_accept(&mut cx) {
+                Poll::Ready(Some(Ok((_, mut respond)))) if self.taken >= self.max_streams => {
+                    // h2's first GOAWAY names no last stream (2^31-1), so
+                    // streams keep coming until the client answers its
+                    // PING, which an attacker never does. nginx ignores
+                    // streams after its GOAWAY; here they are refused
+                    // (REFUSED_STREAM: not processed, safe to retry) and
+                    // cost nothing upstream.
+                    respond.send_reset(Reason::REFUSED_STREAM);
+                }
                 Poll::Ready(Some(Ok((request, respond)))) => {
                     self.streams.push((self.serve_stream)(request, respond));
+                    self.taken += 1;
                     took = true;
+                    if self.taken >= self.max_streams {
+                        // As nginx: GOAWAY once keepalive_requests streams
+                        // were taken; those finish.
+                        conn.graceful_shutdown();
+                    }
                 }
                 Poll::Ready(Some(Err(e))) => return Poll::Ready(Err(e)),
                 Poll::Ready(None) => return Poll::Ready(Ok(true)),

@@ -685,6 +685,7 @@ async fn drive<I>(
         max_header_list_size: limits.max_header_size as u32,
         max_pending_accept_reset_streams: H2_MAX_PENDING_RESETS,
         max_local_error_reset_streams: H2_MAX_LOCAL_ERROR_RESETS,
+        max_streams: limits.keepalive_requests,
     };
     let serve_stream = {
         let state = state.clone();
@@ -977,9 +978,11 @@ where
     let mut poll_conn = true;
     loop {
         if !stopping && state.is_http2() && state.requests() >= limits.keepalive_requests {
-            // As nginx: GOAWAY after keepalive_requests streams; those
-            // already open finish. It also bounds what one connection can
-            // cost, however it paces its streams (rapid reset included).
+            // As nginx: GOAWAY after keepalive_requests streams (the h2
+            // server has sent it, and refuses any stream after the limit);
+            // those already open finish, then the connection closes. It
+            // bounds what one connection can cost, however it paces its
+            // streams (rapid reset included).
             stopping = true;
             graceful(conn.as_mut());
             poll_conn = true;

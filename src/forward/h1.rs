@@ -81,7 +81,7 @@ struct Idle {
 }
 
 struct Kept {
-    conn: Conn,
+    conn: Box<Conn>,
     since: Instant,
 }
 
@@ -148,6 +148,10 @@ impl tokio::io::AsyncWrite for Stream {
     }
 }
 
+/// Held in a box (by the pool, a request, a response body): a response
+/// body that carried its connection inline was 80 bytes larger, and a
+/// response is moved a dozen times on its way to the client (see
+/// `serve::body`). One box per upstream connection, not per request.
 struct Conn {
     stream: Stream,
     /// Read but not yet consumed; empty whenever the connection is idle.
@@ -233,7 +237,7 @@ impl Pool {
 
     /// The most recently used live idle connection to `slot`, if any;
     /// `now` is the caller's (a clock read less).
-    fn take(&self, slot: usize, now: Instant) -> Option<Conn> {
+    fn take(&self, slot: usize, now: Instant) -> Option<Box<Conn>> {
         let mut stale = Vec::new();
         let found = {
             let mut idle = self.idle.lock().unwrap_or_else(|e| e.into_inner());
@@ -260,7 +264,7 @@ impl Pool {
 
     /// Keep `conn` for the next request to `slot`. Past `max_idle`, it is
     /// kept too, for SURPLUS_IDLE, in case the next burst needs it.
-    fn put(self: &Arc<Self>, slot: usize, mut conn: Conn) {
+    fn put(self: &Arc<Self>, slot: usize, mut conn: Box<Conn>) {
         if self.max_idle == 0 {
             return;
         }
@@ -460,7 +464,7 @@ pub async fn send(
 /// A new connection to `addr`: TCP within connect_timeout, then for a TLS
 /// pool the handshake, by `deadline` (the handshake counts towards
 /// read_timeout, as it does for hyper-util's connections).
-async fn connect(addr: SocketAddr, pool: &Pool, deadline: Instant) -> Result<Conn, Failure> {
+async fn connect(addr: SocketAddr, pool: &Pool, deadline: Instant) -> Result<Box<Conn>, Failure> {
     let connecting = tokio::time::timeout(pool.connect_timeout, TcpStream::connect(addr));
     let stream = not_sent(connecting.await, "connect", "connect_timeout")?;
     // Requests are written whole; Nagle would only hold the last piece.
@@ -481,11 +485,11 @@ async fn connect(addr: SocketAddr, pool: &Pool, deadline: Instant) -> Result<Con
             Stream::Tls(Box::new(tls))
         }
     };
-    Ok(Conn {
+    Ok(Box::new(Conn {
         stream,
         buf: BytesMut::new(),
         read_size: MIN_READ,
-    })
+    }))
 }
 
 /// A step of making a connection, timed: its failure is one of the server
@@ -866,7 +870,7 @@ pub(crate) fn parse_decimal(digits: &[u8]) -> Option<u64> {
 fn answer(
     pool: &Arc<Pool>,
     slot: usize,
-    conn: Conn,
+    conn: Box<Conn>,
     head: Head,
 ) -> (http::response::Parts, ResponseBody) {
     let state = match head.framing {
@@ -916,7 +920,7 @@ enum State {
 /// polls for it.
 pub struct ResponseBody {
     /// None once the body is done (the connection went back, or closed).
-    conn: Option<Conn>,
+    conn: Option<Box<Conn>>,
     state: State,
     /// Where the connection goes when the body is done, if it may be reused.
     home: Option<(Arc<Pool>, usize)>,
@@ -1179,11 +1183,11 @@ mod tests {
             let buf = BytesMut::with_capacity(read_size);
             pool.put(
                 slot,
-                Conn {
+                Box::new(Conn {
                     stream,
                     buf,
                     read_size,
-                },
+                }),
             );
         }
         let small = pool.take(0, Instant::now()).expect("kept");

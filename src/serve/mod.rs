@@ -565,7 +565,8 @@ async fn serve_plain_http2(
 ) {
     io.serve_natively();
     let ended = serve_native(&shared, io, info, &state, &limits, &stop, false).await;
-    if let Some(h1::End::Handoff(mut io, buffered)) = ended {
+    if let Some(h1::End::Handoff(io, buffered)) = ended {
+        let mut io = *io;
         // Marked before the hand-over, which follows HTTP/1 framing otherwise.
         let http2 = handed_http2(&state, &buffered);
         io.hand_over(buffered);
@@ -611,7 +612,7 @@ async fn serve_tls(
                 serve_native(&shared, tls_stream, info, &state, &limits, &stop, false).await;
             if let Some(h1::End::Handoff(tls_stream, buffered)) = ended {
                 let http2 = handed_http2(&state, &buffered);
-                let io = h1::Rewound::new(buffered.freeze(), tls_stream);
+                let io = h1::Rewound::new(buffered.freeze(), *tls_stream);
                 drive(shared, io, info, state, limits, stop, http2).await;
             }
         }
@@ -736,9 +737,9 @@ fn drive_http1(
             io.serve_natively();
             let ended = serve_native(&shared, io, info, &state, &limits, &stop, true).await;
             match ended {
-                Some(h1::End::Idle(idle)) => return park(&shared, idle, limits, stop, slot),
+                Some(h1::End::Idle(idle)) => return park(&shared, *idle, limits, stop, slot),
                 Some(h1::End::Handoff(handed, buffered)) => {
-                    io = handed;
+                    io = *handed;
                     // hyper reads what was read for it first.
                     io.hand_over(buffered);
                 }

@@ -20,6 +20,8 @@
 //! - `streams_past_keepalive_requests_are_refused`: with keepalive_requests
 //!   3, six requests in one write: three are answered, the other three
 //!   refused with RST_STREAM(REFUSED_STREAM), then GOAWAY and a close.
+//! - `a_stream_after_an_idle_goaway_is_refused`: an idle connection's
+//!   GOAWAY (keepalive_timeout 1s), then a new stream: REFUSED_STREAM.
 //! - `continuation_flood_is_answered_with_goaway`: one HEADERS without
 //!   END_HEADERS followed by up to 10,000 CONTINUATION frames of 1 KiB, with
 //!   `max_header_size: 4k`. ginx answers GOAWAY after a handful of frames and
@@ -835,6 +837,34 @@ async fn streams_past_keepalive_requests_are_refused() {
     let goaway = c.seen.goaway.as_ref().expect("a GOAWAY");
     assert_eq!(goaway.code, NO_ERROR, "{}", c.seen.summary());
     assert!(!c.is_open(), "closed: {}", c.seen.summary());
+    still_serves(gw.addr(0), gw.addr(1)).await;
+    gw.stop().await;
+}
+
+/// keepalive_timeout 1s: an idle HTTP/2 connection gets GOAWAY, and a
+/// stream sent after it (the client never answers the GOAWAY's PING) is
+/// refused rather than served.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stream_after_an_idle_goaway_is_refused() {
+    let yaml = YAML.replace(
+        "max_header_size: 4k",
+        "max_header_size: 4k\n  keepalive_timeout: 1s",
+    );
+    let gw = start_one(&yaml, 2).await;
+    let mut c = Client::connect(gw.addr(0)).await;
+    assert_eq!(c.get(1, "/").await, Some(200), "{}", c.seen.summary());
+    let deadline = Instant::now() + IO_LIMIT;
+    while c.seen.goaway.is_none() && c.read_frame(deadline).await.is_some() {}
+    let goaway = c
+        .seen
+        .goaway
+        .as_ref()
+        .expect("GOAWAY for an idle connection");
+    assert_eq!(goaway.code, NO_ERROR, "{}", c.seen.summary());
+    assert_eq!(c.get(3, "/").await, None, "{}", c.seen.summary());
+    assert_eq!(c.seen.refused(), vec![3], "{}", c.seen.summary());
+    println!("after an idle GOAWAY: {}", c.seen.summary());
+    drop(c);
     still_serves(gw.addr(0), gw.addr(1)).await;
     gw.stop().await;
 }

@@ -105,9 +105,11 @@ where
         }
     }
 
-    /// GOAWAY: streams already open are answered, no new one is taken, and
-    /// the connection closes once none is left.
+    /// GOAWAY: streams already open are answered, no new one is taken (a
+    /// stream that crossed the GOAWAY is refused, as after
+    /// keepalive_requests), and the connection closes once none is left.
     pub fn graceful_shutdown(&mut self) {
+        self.max_streams = self.max_streams.min(self.taken);
         match &mut self.state {
             State::Handshaking(_) => self.shutdown_asked = true,
             State::Serving(conn) => conn.graceful_shutdown(),
@@ -125,12 +127,13 @@ where
         loop {
             match conn.poll_accept(&mut cx) {
                 Poll::Ready(Some(Ok((_, mut respond)))) if self.taken >= self.max_streams => {
-                    // h2's first GOAWAY names no last stream (2^31-1), so
-                    // streams keep coming until the client answers its
-                    // PING, which an attacker never does. nginx ignores
-                    // streams after its GOAWAY; here they are refused
-                    // (REFUSED_STREAM: not processed, safe to retry) and
-                    // cost nothing upstream.
+                    // After a GOAWAY (keepalive_requests reached, an idle
+                    // connection's end, a graceful stop). h2's first GOAWAY
+                    // names no last stream (2^31-1), so streams keep coming
+                    // until the client answers its PING, which an attacker
+                    // never does. nginx ignores streams after its GOAWAY;
+                    // here they are refused (REFUSED_STREAM: not processed,
+                    // safe to retry) and cost nothing upstream.
                     respond.send_reset(Reason::REFUSED_STREAM);
                 }
                 Poll::Ready(Some(Ok((request, respond)))) => {

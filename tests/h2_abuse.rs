@@ -88,6 +88,14 @@ servers:
         return: 200 "ok\n"
 "#;
 
+/// YAML with one more line in its `http` block, such as `keepalive_requests: 3`.
+fn yaml_with(http_setting: &str) -> String {
+    YAML.replace(
+        "max_header_size: 4k",
+        &format!("max_header_size: 4k\n  {http_setting}"),
+    )
+}
+
 fn code_name(code: u32) -> &'static str {
     match code {
         0x0 => "NO_ERROR",
@@ -805,11 +813,7 @@ servers:
 /// never answers could go on well past the limit.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn streams_past_keepalive_requests_are_refused() {
-    let yaml = YAML.replace(
-        "max_header_size: 4k",
-        "max_header_size: 4k\n  keepalive_requests: 3",
-    );
-    let gw = start_one(&yaml, 2).await;
+    let gw = start_one(&yaml_with("keepalive_requests: 3"), 2).await;
     let mut c = Client::connect(gw.addr(0)).await;
     let block = request_block("/");
     let all: Vec<u8> = (0..6)
@@ -817,10 +821,8 @@ async fn streams_past_keepalive_requests_are_refused() {
         .collect();
     c.send(&all).await.expect("send 6 HEADERS");
     let deadline = Instant::now() + IO_LIMIT;
-    while c.seen.statuses.len() + c.seen.resets.len() < 6 {
-        if c.read_frame(deadline).await.is_none() {
-            break;
-        }
+    while c.seen.statuses.len() + c.seen.resets.len() < 6 && c.read_frame(deadline).await.is_some()
+    {
     }
     c.until_closed(IO_LIMIT).await;
     println!("past keepalive_requests: {}", c.seen.summary());
@@ -846,11 +848,7 @@ async fn streams_past_keepalive_requests_are_refused() {
 /// refused rather than served.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_stream_after_an_idle_goaway_is_refused() {
-    let yaml = YAML.replace(
-        "max_header_size: 4k",
-        "max_header_size: 4k\n  keepalive_timeout: 1s",
-    );
-    let gw = start_one(&yaml, 2).await;
+    let gw = start_one(&yaml_with("keepalive_timeout: 1s"), 2).await;
     let mut c = Client::connect(gw.addr(0)).await;
     assert_eq!(c.get(1, "/").await, Some(200), "{}", c.seen.summary());
     let deadline = Instant::now() + IO_LIMIT;

@@ -684,9 +684,9 @@ fn parse_head(
 ) -> Result<Parsed, Exchanged> {
     // Offsets of each field's name and value in the head, so that the map
     // is built from slices of one shared buffer rather than from copies.
-    let mut spans = [(0u32, 0u32, 0u32, 0u32); MAX_HEADERS];
+    let mut spans = Spans::<MAX_HEADERS>::new();
     let mut fields = FramingFields::default();
-    let (len, code, version, count) = {
+    let (len, code, version) = {
         // httparse fills what it uses: 3 KiB not zeroed per response.
         let mut headers = [const { std::mem::MaybeUninit::uninit() }; MAX_HEADERS];
         let mut response = httparse::Response::new(&mut []);
@@ -711,20 +711,15 @@ fn parse_head(
                 )))
             }
         };
-        for (span, h) in spans.iter_mut().zip(response.headers.iter()) {
-            *span = field_span(buf, h);
+        for h in response.headers.iter() {
+            spans.push(field_span(buf, h));
             read_framing_field(h.name.as_bytes(), h.value, &mut fields)?;
         }
         let version = match response.version {
             Some(0) => Version::HTTP_10,
             _ => Version::HTTP_11,
         };
-        (
-            len,
-            response.code.unwrap_or(0),
-            version,
-            response.headers.len(),
-        )
+        (len, response.code.unwrap_or(0), version)
     };
     let head = buf.split_to(len).freeze();
     let status = StatusCode::from_u16(code)
@@ -738,11 +733,11 @@ fn parse_head(
         return Ok(Parsed::Interim);
     }
     let options = match fields.options {
-        true => connection_options(&head, &spans[..count]),
+        true => connection_options(&head, spans.as_slice()),
         false => Vec::new(),
     };
-    let mut headers = HeaderMap::with_capacity(count);
-    for &(ns, ne, vs, ve) in &spans[..count] {
+    let mut headers = HeaderMap::with_capacity(spans.as_slice().len());
+    for &(ns, ne, vs, ve) in spans.as_slice() {
         let raw_name = &head[ns as usize..ne as usize];
         if always_dropped(raw_name, filter.keep_trailer) {
             continue; // no HeaderName made for Server, Date, Connection…
@@ -790,10 +785,43 @@ fn parse_head(
     }))
 }
 
+/// Start and end of a field's name, then of its value, in its head.
+pub(crate) type Span = (u32, u32, u32, u32);
+
+/// The spans of a head's fields, in order, up to `N` of them (httparse's
+/// own limit for that head). Filled only as far as the head has fields:
+/// zeroing the whole array was a 1-1.6 KiB memset a head.
+pub(crate) struct Spans<const N: usize> {
+    at: [std::mem::MaybeUninit<Span>; N],
+    len: usize,
+}
+
+impl<const N: usize> Spans<N> {
+    pub(crate) fn new() -> Self {
+        Spans {
+            at: [const { std::mem::MaybeUninit::uninit() }; N],
+            len: 0,
+        }
+    }
+
+    /// Panics past `N` (the index is checked), which httparse, given room
+    /// for `N` fields, never yields.
+    pub(crate) fn push(&mut self, span: Span) {
+        self.at[self.len].write(span);
+        self.len += 1;
+    }
+
+    pub(crate) fn as_slice(&self) -> &[Span] {
+        // SAFETY: the first `len` entries were written by `push`, and
+        // MaybeUninit<Span> has Span's layout.
+        unsafe { std::slice::from_raw_parts(self.at.as_ptr().cast::<Span>(), self.len) }
+    }
+}
+
 /// Where a field's name and value lie in `head` (httparse gives slices of
 /// it): start and end of each, so that the field can be cut out of the head
 /// once it is frozen, without a copy. Shared with the server side.
-pub(crate) fn field_span(head: &[u8], field: &httparse::Header<'_>) -> (u32, u32, u32, u32) {
+pub(crate) fn field_span(head: &[u8], field: &httparse::Header<'_>) -> Span {
     let base = head.as_ptr() as usize;
     let name_at = (field.name.as_ptr() as usize - base) as u32;
     let value_at = (field.value.as_ptr() as usize - base) as u32;
@@ -844,7 +872,7 @@ fn read_framing_field(
 
 /// The header names a response's Connection lists (rare: most say only
 /// keep-alive or close).
-fn connection_options(head: &[u8], spans: &[(u32, u32, u32, u32)]) -> Vec<HeaderName> {
+fn connection_options(head: &[u8], spans: &[Span]) -> Vec<HeaderName> {
     spans
         .iter()
         .filter(|s| head[s.0 as usize..s.1 as usize].eq_ignore_ascii_case(b"connection"))
@@ -1148,6 +1176,27 @@ impl Body for ResponseBody {
 mod tests {
     use super::super::hidden_response_header;
     use super::*;
+
+    #[test]
+    fn spans_give_back_what_was_pushed_in_order() {
+        let mut spans = Spans::<3>::new();
+        assert!(spans.as_slice().is_empty());
+        for i in 0..3 {
+            spans.push((i, i + 1, i + 2, i + 3));
+        }
+        assert_eq!(
+            spans.as_slice(),
+            &[(0, 1, 2, 3), (1, 2, 3, 4), (2, 3, 4, 5)]
+        );
+    }
+
+    #[test]
+    #[should_panic]
+    fn spans_refuse_more_than_their_room() {
+        let mut spans = Spans::<1>::new();
+        spans.push((0, 0, 0, 0));
+        spans.push((0, 0, 0, 0));
+    }
 
     #[test]
     fn the_raw_name_check_drops_what_hidden_response_header_drops() {

@@ -33,7 +33,7 @@ use std::time::{Duration, Instant};
 
 mod h1;
 /// For the server side's head parse and writing (`serve::h1`).
-pub(crate) use h1::{field_span, parse_decimal};
+pub(crate) use h1::{field_span, parse_decimal, Span, Spans};
 
 pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
 

@@ -242,9 +242,9 @@ fn poll_fill<I: AsyncRead + Unpin>(
 fn parse_request(buf: &mut BytesMut, max_head: usize) -> Parsed {
     // Offsets of each field's name and value in the head: the map is built
     // from slices of one shared buffer rather than from copies.
-    let mut spans = [(0u32, 0u32, 0u32, 0u32); MAX_FIELDS];
+    let mut spans = crate::forward::Spans::<MAX_FIELDS>::new();
     let mut framing = Fields::default();
-    let (len, method, path, version, count) = {
+    let (len, method, path, version) = {
         let mut fields = [const { MaybeUninit::uninit() }; MAX_FIELDS];
         let mut request = httparse::Request::new(&mut []);
         let parsed = httparse::ParserConfig::default().parse_request_with_uninit_headers(
@@ -275,23 +275,17 @@ fn parse_request(buf: &mut BytesMut, max_head: usize) -> Parsed {
             _ => Version::HTTP_11,
         };
         framing.keep_alive = version == Version::HTTP_11;
-        for (span, field) in spans.iter_mut().zip(request.headers.iter()) {
+        for field in request.headers.iter() {
             if !framing.note(field.name.as_bytes(), field.value) {
                 return Parsed::Other;
             }
-            *span = crate::forward::field_span(buf, field);
+            spans.push(crate::forward::field_span(buf, field));
         }
         let path_at = path.as_ptr() as usize - buf.as_ptr() as usize;
-        (
-            len,
-            method,
-            path_at..path_at + path.len(),
-            version,
-            request.headers.len(),
-        )
+        (len, method, path_at..path_at + path.len(), version)
     };
     let head = buf.split_to(len).freeze();
-    let Some(headers) = header_map(&head, &spans[..count]) else {
+    let Some(headers) = header_map(&head, spans.as_slice()) else {
         return give_back(buf, head);
     };
     let Ok(uri) = http::Uri::from_maybe_shared(head.slice(path)) else {
@@ -309,7 +303,7 @@ fn parse_request(buf: &mut BytesMut, max_head: usize) -> Parsed {
 }
 
 /// The fields of a head, as slices of it.
-fn header_map(head: &Bytes, spans: &[(u32, u32, u32, u32)]) -> Option<HeaderMap> {
+fn header_map(head: &Bytes, spans: &[crate::forward::Span]) -> Option<HeaderMap> {
     let mut headers = HeaderMap::with_capacity(spans.len());
     for &(ns, ne, vs, ve) in spans {
         let name = HeaderName::from_bytes(&head[ns as usize..ne as usize]).ok()?;

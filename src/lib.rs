@@ -14,6 +14,7 @@
 //! - [`balance`]: the six balancers over peers whose state outlives a reload.
 //! - [`forward`]: proxying to the chosen peer: pooled connections, header
 //!   rules, streaming bodies, retries, timeouts.
+//! - [`clock`]: coarse time for deadlines and stamps counted in seconds.
 //! - [`health`]: active health checks whose verdicts the balancers respect.
 //! - [`access_log`]: one line per request, written off the request path.
 //! - [`reload`]: the file watcher, coalescing, and the atomic swap.
@@ -27,6 +28,7 @@ pub mod access_log;
 pub mod admin;
 pub mod alloc;
 pub mod balance;
+pub mod clock;
 pub mod compile;
 pub mod config;
 pub mod explain;

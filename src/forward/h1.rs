@@ -82,7 +82,14 @@ struct Idle {
 
 struct Kept {
     conn: Box<Conn>,
-    since: Instant,
+    /// When it was put back, on the coarse clock ([`crate::clock`]).
+    since_ms: u64,
+}
+
+impl Kept {
+    fn idle_for(&self, now_ms: u64) -> Duration {
+        Duration::from_millis(now_ms.saturating_sub(self.since_ms))
+    }
 }
 
 /// Where a pool's connections go: plain TCP, or TLS over it (`https://`)
@@ -235,16 +242,16 @@ impl Pool {
         })
     }
 
-    /// The most recently used live idle connection to `slot`, if any;
-    /// `now` is the caller's (a clock read less).
-    fn take(&self, slot: usize, now: Instant) -> Option<Box<Conn>> {
+    /// The most recently used live idle connection to `slot`, if any.
+    fn take(&self, slot: usize) -> Option<Box<Conn>> {
+        let now_ms = crate::clock::coarse_ms();
         let mut stale = Vec::new();
         let found = {
             let mut idle = self.idle.lock().unwrap_or_else(|e| e.into_inner());
             let list = idle.by_slot.get_mut(slot)?;
             let mut found = None;
             while let Some(kept) = list.pop_back() {
-                if now.saturating_duration_since(kept.since) >= self.idle_timeout {
+                if kept.idle_for(now_ms) >= self.idle_timeout {
                     // The newest has expired: so have the others.
                     stale.push(kept);
                     stale.extend(list.drain(..));
@@ -274,7 +281,7 @@ impl Pool {
             // does not keep that much; its next read allocates.
             conn.buf = BytesMut::new();
         }
-        let now = Instant::now();
+        let now_ms = crate::clock::coarse_ms();
         let mut oldest = None;
         let start_sweeper = {
             let mut idle = self.idle.lock().unwrap_or_else(|e| e.into_inner());
@@ -285,11 +292,14 @@ impl Pool {
             if list.len() >= self.max_idle
                 && list
                     .front()
-                    .is_some_and(|k| now.duration_since(k.since) >= SURPLUS_IDLE)
+                    .is_some_and(|k| k.idle_for(now_ms) >= SURPLUS_IDLE)
             {
                 oldest = list.pop_front();
             }
-            list.push_back(Kept { conn, since: now });
+            list.push_back(Kept {
+                conn,
+                since_ms: now_ms,
+            });
             !std::mem::replace(&mut idle.sweeping, true)
         };
         drop(oldest);
@@ -302,11 +312,12 @@ impl Pool {
     /// nothing is left (the sweeper then stops, and the next put restarts it).
     fn sweep_once(&self) -> bool {
         let mut closed = Vec::new();
+        let now_ms = crate::clock::coarse_ms();
         let empty = {
             let mut idle = self.idle.lock().unwrap_or_else(|e| e.into_inner());
             for list in idle.by_slot.iter_mut() {
                 for kept in std::mem::take(list) {
-                    if kept.since.elapsed() < self.idle_timeout && kept.conn.is_quiet() {
+                    if kept.idle_for(now_ms) < self.idle_timeout && kept.conn.is_quiet() {
                         list.push_back(kept);
                     } else {
                         closed.push(kept);
@@ -316,7 +327,7 @@ impl Pool {
                 while list.len() > self.max_idle
                     && list
                         .front()
-                        .is_some_and(|k| k.since.elapsed() >= SURPLUS_IDLE)
+                        .is_some_and(|k| k.idle_for(now_ms) >= SURPLUS_IDLE)
                 {
                     closed.extend(list.pop_front());
                 }
@@ -428,7 +439,7 @@ pub async fn send(
     send_timeout: Duration,
     read_timeout: Duration,
 ) -> Result<(http::response::Parts, ResponseBody), Failure> {
-    let mut kept = pool.take(slot, start);
+    let mut kept = pool.take(slot);
     loop {
         let reused = kept.is_some();
         let mut conn = match kept.take() {
@@ -1239,9 +1250,9 @@ mod tests {
                 }),
             );
         }
-        let small = pool.take(0, Instant::now()).expect("kept");
+        let small = pool.take(0).expect("kept");
         assert!(small.buf.capacity() >= MIN_READ, "a small buffer is reused");
-        let large = pool.take(1, Instant::now()).expect("kept");
+        let large = pool.take(1).expect("kept");
         assert_eq!(large.buf.capacity(), 0, "a large buffer is not kept idle");
     }
 

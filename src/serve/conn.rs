@@ -18,6 +18,7 @@
 use super::framing::{Framing, FramingError, Verdict};
 use super::respond::error_page_bytes;
 use super::socket::{ClientSocket, DeferredWatches};
+use crate::clock;
 use std::io;
 use std::pin::Pin;
 use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, AtomicU8, Ordering::Relaxed};
@@ -28,7 +29,10 @@ use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 
 /// What the connection task, the IO wrapper and the request handler share.
 pub struct ConnState {
-    start: Instant,
+    /// When the connection was accepted (or resumed), on the coarse clock
+    /// that every `_ms` field below counts in ([`crate::clock`]: these are
+    /// deadlines in seconds, stamped a few times a request).
+    start_ms: u64,
     /// Requests handed to the handler whose response has not finished.
     in_flight: AtomicU32,
     /// Requests seen on this connection, for keepalive_requests.
@@ -36,9 +40,9 @@ pub struct ConnState {
     /// Changes whenever a request starts or finishes: the wrapper restarts its
     /// head scan when it sees a new value.
     epoch: AtomicU32,
-    /// Milliseconds since `start` when the current head's first byte arrived; 0 = none yet.
+    /// When the current head's first byte arrived; 0 = none yet.
     head_started_ms: AtomicU64,
-    /// Milliseconds since `start` when the connection last became idle.
+    /// When the connection last became idle.
     idle_since_ms: AtomicU64,
     /// The watchdog found the head too slow: the wrapper answers 408.
     head_timed_out: AtomicBool,
@@ -51,10 +55,10 @@ pub struct ConnState {
     /// A graceful stop: ginx's own HTTP/1 side closes once the request in
     /// hand is answered (hyper's is told by its own graceful_shutdown).
     draining: AtomicBool,
-    /// Milliseconds since `start` since when a write to the client has been
+    /// Since when a write to the client has been
     /// waiting (the client is not reading); 0 = writes are going through.
     write_blocked_ms: AtomicU64,
-    /// Milliseconds since `start` when it was last unparked: parking again
+    /// When it was last unparked: parking again
     /// waits PARK_AFTER from then too, so that the new hyper connection reads first.
     unparked_ms: AtomicU64,
     /// client_max_body_size (0: none) of request number `body_limit_of`,
@@ -88,7 +92,7 @@ pub const H2_REQUEST_LINE: &[u8] = b"PRI * HTTP/2.0";
 impl ConnState {
     pub fn new(server_tokens: bool) -> Arc<Self> {
         Arc::new(ConnState {
-            start: Instant::now(),
+            start_ms: clock::coarse_ms(),
             in_flight: AtomicU32::new(0),
             requests: AtomicU64::new(0),
             epoch: AtomicU32::new(0),
@@ -113,14 +117,13 @@ impl ConnState {
         })
     }
 
-    /// The instant `ms` (as now_ms counts) stands for.
+    /// The instant to wake at for the deadline `ms` (as now_ms counts).
     fn at_ms(&self, ms: u64) -> Instant {
-        self.start + Duration::from_millis(ms.saturating_sub(1))
+        clock::instant_at(ms)
     }
 
     fn now_ms(&self) -> u64 {
-        // +1 so that 0 can mean "not set".
-        self.start.elapsed().as_millis() as u64 + 1
+        clock::coarse_ms()
     }
 
     /// A request head was parsed and handed to the handler. Returns how many
@@ -673,7 +676,7 @@ fn watch_reads(state: &ConnState, limits: &HeadLimits, can_park: bool, now_ms: u
     if state.requests.load(Relaxed) == 0 {
         // The first request, as nginx: client_header_timeout counts from the
         // accept, not from the first byte, so trickling bytes buys no time.
-        let due = 1 + limits.header_timeout.as_millis() as u64;
+        let due = state.start_ms + limits.header_timeout.as_millis() as u64;
         return match (now_ms >= due, head_started != 0) {
             (false, _) => Watch::Sleep(at(due)),
             (true, true) => Watch::HeadTimeout,

@@ -781,7 +781,7 @@ pub fn date_value() -> HeaderValue {
 mod date {
     use http::HeaderValue;
     use std::cell::RefCell;
-    use std::time::{SystemTime, UNIX_EPOCH};
+    use std::time::{Duration, UNIX_EPOCH};
 
     thread_local! {
         static CACHED: RefCell<(u64, HeaderValue)> =
@@ -789,12 +789,12 @@ mod date {
     }
 
     fn with<T>(f: impl FnOnce(&HeaderValue) -> T) -> T {
-        let now = SystemTime::now();
-        let second = now.duration_since(UNIX_EPOCH).map_or(0, |d| d.as_secs());
+        // The coarse clock (crate::clock): the second is all that is shown.
+        let second = crate::clock::coarse_unix_secs();
         CACHED.with(|cached| {
             let mut cached = cached.borrow_mut();
             if cached.0 != second {
-                let text = httpdate::fmt_http_date(now);
+                let text = httpdate::fmt_http_date(UNIX_EPOCH + Duration::from_secs(second));
                 let value = HeaderValue::from_maybe_shared(bytes::Bytes::from(text))
                     .unwrap_or_else(|_| HeaderValue::from_static(""));
                 *cached = (second, value);

@@ -1044,6 +1044,14 @@ where
             }
             None => sleep_until,
         };
+        // The deadlines are on the coarse clock (crate::clock). One that the
+        // timer has reached and the clock has not (its tick came late) is
+        // looked at again a millisecond on: set again for a moment already
+        // past, the timer would fire at once, round and round until the tick.
+        let sleep_until = match armed {
+            Some(last) if fired && sleep_until <= last => last + Duration::from_millis(1),
+            _ => sleep_until,
+        };
         if fired || armed.is_none_or(|at| sleep_until < at) {
             timer.as_mut().reset(sleep_until.into());
             armed = Some(sleep_until);

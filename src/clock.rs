@@ -43,7 +43,8 @@ pub fn instant_at(ms: u64) -> Instant {
 }
 
 /// One reading of both clocks, the coarse one first: `ms` is then no later
-/// than `instant`, which is what makes [`instant_at`] never early.
+/// than `instant`, which is what keeps [`instant_at`] from being early
+/// while the ticks come on time.
 struct Base {
     ms: u64,
     instant: Instant,

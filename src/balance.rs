@@ -12,13 +12,7 @@ use std::collections::HashMap;
 use std::net::{IpAddr, SocketAddr};
 use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering::Relaxed};
 use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant};
-
-/// Milliseconds on a process-wide clock (0 = never).
-fn now_ms() -> u64 {
-    static START: std::sync::OnceLock<Instant> = std::sync::OnceLock::new();
-    START.get_or_init(Instant::now).elapsed().as_millis() as u64 + 1
-}
+use std::time::Duration;
 
 /// What is known of one upstream address, shared by every configuration that
 /// has it (keyed by upstream name and address).
@@ -27,8 +21,9 @@ pub struct PeerState {
     pub in_flight: AtomicU32,
     /// Failures counted in the current fail_timeout window.
     pub fails: AtomicU32,
+    /// When the window started, on the coarse clock ([`crate::clock`]; 0 = never).
     window_start_ms: AtomicU64,
-    /// Marked down by max_fails until this instant.
+    /// Marked down by max_fails until this moment (coarse clock).
     down_until_ms: AtomicU64,
     /// Active health checks' verdict (true until a check says otherwise).
     unhealthy: AtomicBool,
@@ -45,7 +40,7 @@ impl PeerState {
         // Read the clock only for a peer that has been marked at all: a pick
         // checks every peer, and the clock is most of that check's cost.
         let until = self.down_until_ms.load(Relaxed);
-        until != 0 && until > now_ms()
+        until != 0 && until > crate::clock::coarse_ms()
     }
 }
 
@@ -78,7 +73,7 @@ impl Peer {
         if self.max_fails == 0 {
             return;
         }
-        let now = now_ms();
+        let now = crate::clock::coarse_ms();
         let window = self.fail_timeout.as_millis() as u64;
         let start = self.state.window_start_ms.load(Relaxed);
         if start == 0 || now.saturating_sub(start) >= window {

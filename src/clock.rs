@@ -1,5 +1,6 @@
 //! Coarse time, for what is measured in seconds: a connection's idle and
-//! head deadlines, the upstream pool's idle stamps, and the `date` field.
+//! head deadlines, the upstream pool's idle stamps, a peer's fail_timeout
+//! marks (`balance`), and the `date` field.
 //!
 //! The kernel's coarse clocks (CLOCK_MONOTONIC_COARSE, CLOCK_REALTIME_COARSE)
 //! return the time of the last scheduler tick, so they are only as fine as

@@ -117,15 +117,6 @@ impl ConnState {
         })
     }
 
-    /// The instant to wake at for the deadline `ms` (as now_ms counts).
-    fn at_ms(&self, ms: u64) -> Instant {
-        clock::instant_at(ms)
-    }
-
-    fn now_ms(&self) -> u64 {
-        clock::coarse_ms()
-    }
-
     /// A request head was parsed and handed to the handler. Returns how many
     /// requests this connection has seen, this one included.
     pub fn request_started(&self) -> u64 {
@@ -183,7 +174,7 @@ impl ConnState {
     fn note_write<T>(&self, polled: &Poll<T>) {
         let blocked = self.write_blocked_ms.load(Relaxed);
         match (polled.is_pending(), blocked != 0) {
-            (true, false) => self.write_blocked_ms.store(self.now_ms(), Relaxed),
+            (true, false) => self.write_blocked_ms.store(clock::coarse_ms(), Relaxed),
             (false, true) => self.write_blocked_ms.store(0, Relaxed),
             _ => {}
         }
@@ -260,7 +251,7 @@ impl ConnState {
 
     /// The response (body included) has been handed to hyper.
     pub fn request_finished(&self) {
-        self.idle_since_ms.store(self.now_ms(), Relaxed);
+        self.idle_since_ms.store(clock::coarse_ms(), Relaxed);
         self.epoch.fetch_add(1, Relaxed);
         self.in_flight.fetch_sub(1, Relaxed);
     }
@@ -398,7 +389,7 @@ impl ClientIo {
         watches: Arc<DeferredWatches>,
     ) -> (Self, Arc<ConnState>) {
         let state = ConnState::new(server_tokens);
-        let now = state.now_ms();
+        let now = clock::coarse_ms();
         state.requests.store(requests, Relaxed);
         state.idle_since_ms.store(now, Relaxed);
         state.unparked_ms.store(now, Relaxed);
@@ -432,7 +423,7 @@ impl ClientIo {
     /// ended for parking: the next hyper connection reads it first.
     pub fn unpark(&mut self, leftover: bytes::Bytes) {
         self.state.parking.store(false, Relaxed);
-        self.state.unparked_ms.store(self.state.now_ms(), Relaxed);
+        self.state.unparked_ms.store(clock::coarse_ms(), Relaxed);
         // An empty `Bytes` cut from hyper's buffer still holds all of that
         // buffer (8 KiB or more): keep only what is left to replay.
         self.replay = if leftover.is_empty() {
@@ -517,7 +508,7 @@ impl AsyncRead for ClientIo {
             // ginx's own HTTP/1 side: it reads during a request only to
             // see a hang-up, so bytes with no request in flight start a head.
             if state.in_flight.load(Relaxed) == 0 && state.head_started_ms.load(Relaxed) == 0 {
-                state.head_started_ms.store(state.now_ms(), Relaxed);
+                state.head_started_ms.store(clock::coarse_ms(), Relaxed);
             }
             return result;
         }
@@ -526,7 +517,7 @@ impl AsyncRead for ClientIo {
         let next_request = state.in_flight.load(Relaxed) == 0
             && this.framing.heads() == state.requests.load(Relaxed);
         if next_request && this.framing.at_head() && state.head_started_ms.load(Relaxed) == 0 {
-            state.head_started_ms.store(state.now_ms(), Relaxed);
+            state.head_started_ms.store(clock::coarse_ms(), Relaxed);
         }
         let new = &mut buf.filled_mut()[before..];
         match this
@@ -649,7 +640,7 @@ pub enum Watch {
 /// Decide what is due now for the connection (`can_park`: HTTP/1 served by
 /// a driver that can park).
 pub fn watch(state: &ConnState, limits: &HeadLimits, can_park: bool) -> Watch {
-    let now_ms = state.now_ms();
+    let now_ms = clock::coarse_ms();
     let blocked = state.write_blocked_ms.load(Relaxed);
     if blocked == 0 {
         return watch_reads(state, limits, can_park, now_ms);
@@ -659,14 +650,14 @@ pub fn watch(state: &ConnState, limits: &HeadLimits, can_park: bool) -> Watch {
         return Watch::SendTimeout;
     }
     match watch_reads(state, limits, can_park, now_ms) {
-        Watch::Sleep(at) => Watch::Sleep(at.min(state.at_ms(send_due))),
+        Watch::Sleep(at) => Watch::Sleep(at.min(clock::instant_at(send_due))),
         other => other,
     }
 }
 
 /// The deadlines of the reading side: heads, idle time, parking.
 fn watch_reads(state: &ConnState, limits: &HeadLimits, can_park: bool, now_ms: u64) -> Watch {
-    let at = |ms: u64| state.at_ms(ms);
+    let at = clock::instant_at;
     if state.in_flight.load(Relaxed) > 0 {
         // A request is being handled: body and upstream timeouts apply there.
         let after = limits.keepalive_timeout.max(Duration::from_millis(100));

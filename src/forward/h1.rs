@@ -19,7 +19,7 @@
 
 use super::{Failure, FailureKind};
 use bytes::{Bytes, BytesMut};
-use http::header::{self, HeaderMap, HeaderName, HeaderValue};
+use http::header::{HeaderMap, HeaderName, HeaderValue};
 use http::{Method, StatusCode, Version};
 use http_body::{Body, Frame, SizeHint};
 use std::collections::VecDeque;
@@ -617,6 +617,9 @@ enum Framing {
 
 struct Head {
     parts: http::response::Parts,
+    /// The fields, when they go to the client straight from the head
+    /// (`parts.headers` is empty then).
+    passed: Option<Box<PassedFields>>,
     framing: Framing,
     /// The connection may carry another request once the body is read.
     reusable: bool,
@@ -747,27 +750,51 @@ fn parse_head(
         true => connection_options(&head, spans.as_slice()),
         false => Vec::new(),
     };
-    let mut headers = HeaderMap::with_capacity(spans.as_slice().len());
-    for &(ns, ne, vs, ve) in spans.as_slice() {
-        let raw_name = &head[ns as usize..ne as usize];
+    // Which fields the client gets, in order; where the first Content-Length is.
+    let mut kept = Spans::<MAX_HEADERS>::new();
+    let mut length_at = None;
+    for &span in spans.as_slice() {
+        let raw_name = &head[span.0 as usize..span.1 as usize];
         if always_dropped(raw_name, filter.keep_trailer) {
-            continue; // no HeaderName made for Server, Date, Connection…
+            continue; // Server, Date, Connection…
         }
-        let name = HeaderName::from_bytes(raw_name)
-            .map_err(|_| invalid("upstream sent an invalid header name"))?;
         // always_dropped took the fixed part of hidden_response_header (the
-        // unit test below holds the two together): proxy_hide_header is left.
-        let dropped = (filter.hide.contains(&name)
-            && !(filter.keep_trailer && name == header::TRAILER))
-            || options.contains(&name)
-            || (name == header::CONTENT_LENGTH && fields.chunked.is_some());
-        if dropped {
-            continue;
+        // unit test below holds the two together): proxy_hide_header and the
+        // fields Connection names are left.
+        let named = |names: &[HeaderName]| {
+            names
+                .iter()
+                .any(|n| n.as_str().as_bytes().eq_ignore_ascii_case(raw_name))
+        };
+        let is_length = raw_name.eq_ignore_ascii_case(b"content-length");
+        let dropped = (named(filter.hide)
+            && !(filter.keep_trailer && raw_name.eq_ignore_ascii_case(b"trailer")))
+            || named(&options)
+            || (is_length && (fields.chunked.is_some() || length_at.is_some()));
+        if !dropped {
+            if is_length {
+                length_at = Some(kept.as_slice().len());
+            }
+            kept.push(span);
         }
-        let value = HeaderValue::from_maybe_shared(head.slice(vs as usize..ve as usize))
-            .map_err(|_| invalid("upstream sent an invalid header value"))?;
-        headers.append(name, value);
     }
+    let passed = PassedFields::new(&head, kept.as_slice(), length_at, filter.keep_trailer);
+    // The parts made below come with an empty map: none is made here when
+    // the fields pass straight.
+    let headers = match passed {
+        Some(_) => None,
+        None => {
+            let mut headers = HeaderMap::with_capacity(kept.as_slice().len());
+            for &(ns, ne, vs, ve) in kept.as_slice() {
+                let name = HeaderName::from_bytes(&head[ns as usize..ne as usize])
+                    .map_err(|_| invalid("upstream sent an invalid header name"))?;
+                let value = HeaderValue::from_maybe_shared(head.slice(vs as usize..ve as usize))
+                    .map_err(|_| invalid("upstream sent an invalid header value"))?;
+                headers.append(name, value);
+            }
+            Some(headers)
+        }
+    };
     let no_body =
         head_request || status == StatusCode::NO_CONTENT || status == StatusCode::NOT_MODIFIED;
     let framing = match (no_body, fields.chunked, fields.length) {
@@ -788,9 +815,12 @@ fn parse_head(
     let (mut parts, ()) = http::Response::new(()).into_parts();
     parts.status = status;
     parts.version = version;
-    parts.headers = headers;
+    if let Some(headers) = headers {
+        parts.headers = headers;
+    }
     Ok(Parsed::Final(Head {
         parts,
+        passed,
         framing,
         reusable,
     }))
@@ -826,6 +856,87 @@ impl<const N: usize> Spans<N> {
         // SAFETY: the first `len` entries were written by `push`, and
         // MaybeUninit<Span> has Span's layout.
         unsafe { std::slice::from_raw_parts(self.at.as_ptr().cast::<Span>(), self.len) }
+    }
+}
+
+/// Most fields a response passes on straight from its head; one with more
+/// gets a header map, as from hyper's client.
+const PASSED_FIELDS: usize = 16;
+
+/// Fields a response's map takes after an upstream's (`PassedFields::append_to`).
+const ROOM_AFTER: usize = 4;
+
+/// An upstream response's fields as they came, slices of its head, for
+/// ginx's own HTTP/1 side to write out without a header map: building a
+/// map (a hashed name, an allocation or two, an insert per field) and
+/// walking it again to write it was about 1,000 instructions of a proxied
+/// request's 19,000. Every other writer (HTTP/2, hyper's HTTP/1) gets a
+/// map ([`PassedFields::append_to`]). The fields have been checked: httparse
+/// takes only token names, and values a header map accepts.
+pub struct PassedFields {
+    head: Bytes,
+    fields: [Span; PASSED_FIELDS],
+    len: usize,
+    /// Which is the (first) Content-Length: the writer decides on it, as
+    /// on the framing.
+    length_at: Option<usize>,
+}
+
+/// One field of [`PassedFields`]: its name as the upstream wrote it.
+pub struct PassedField<'a> {
+    pub name: &'a [u8],
+    pub value: &'a [u8],
+    pub is_content_length: bool,
+}
+
+impl PassedFields {
+    /// None when the map is the better way: too many fields, or a Trailer
+    /// announcement kept for the client (which HTTP/1 writers handle).
+    fn new(
+        head: &Bytes,
+        kept: &[Span],
+        length_at: Option<usize>,
+        keep_trailer: bool,
+    ) -> Option<Box<Self>> {
+        if kept.len() > PASSED_FIELDS || keep_trailer {
+            return None;
+        }
+        let mut fields = [(0, 0, 0, 0); PASSED_FIELDS];
+        fields[..kept.len()].copy_from_slice(kept);
+        Some(Box::new(PassedFields {
+            head: head.clone(),
+            fields,
+            len: kept.len(),
+            length_at,
+        }))
+    }
+
+    /// The fields in the upstream's order.
+    pub fn iter(&self) -> impl Iterator<Item = PassedField<'_>> {
+        self.fields[..self.len]
+            .iter()
+            .enumerate()
+            .map(|(i, &(ns, ne, vs, ve))| PassedField {
+                name: &self.head[ns as usize..ne as usize],
+                value: &self.head[vs as usize..ve as usize],
+                is_content_length: self.length_at == Some(i),
+            })
+    }
+
+    /// Into a header map, for writers that need one.
+    pub fn append_to(&self, headers: &mut HeaderMap) {
+        // Room for what is added after (Server, Date, Content-Length and
+        // the like): a map that grows rebuilds its index.
+        headers.reserve(self.len + ROOM_AFTER);
+        for &(ns, ne, vs, ve) in &self.fields[..self.len] {
+            let name = HeaderName::from_bytes(&self.head[ns as usize..ne as usize]);
+            let value = HeaderValue::from_maybe_shared(self.head.slice(vs as usize..ve as usize));
+            // Checked by httparse (see above); a field a map would refuse
+            // anyway is left out rather than panicking.
+            if let (Ok(name), Ok(value)) = (name, value) {
+                headers.append(name, value);
+            }
+        }
     }
 }
 
@@ -923,6 +1034,7 @@ fn answer(
         state,
         home: head.reusable.then(|| (pool.clone(), slot)),
         early: None,
+        passed: head.passed,
     };
     match state {
         State::Done => body.finish(),
@@ -965,11 +1077,19 @@ pub struct ResponseBody {
     home: Option<(Arc<Pool>, usize)>,
     /// A body read whole with its head, still to be handed on.
     early: Option<Bytes>,
+    /// The head's fields, until the writer takes them (see `PassedFields`).
+    passed: Option<Box<PassedFields>>,
 }
 
 type Polled = Poll<Option<Result<Frame<Bytes>, super::BoxError>>>;
 
 impl ResponseBody {
+    /// The response's fields, when they were left in its head rather than
+    /// put in its header map; once.
+    pub fn take_passed(&mut self) -> Option<Box<PassedFields>> {
+        self.passed.take()
+    }
+
     /// The body is complete: give the connection back if it may carry
     /// another request and nothing unasked-for came after the body.
     fn finish(&mut self) {
@@ -1187,6 +1307,7 @@ impl Body for ResponseBody {
 mod tests {
     use super::super::hidden_response_header;
     use super::*;
+    use http::header;
 
     #[test]
     fn spans_give_back_what_was_pushed_in_order() {
@@ -1315,7 +1436,7 @@ mod tests {
             b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\nContent-Length: 3\r\n\r\n",
         );
         assert_eq!((h.framing, h.reusable), (Framing::Chunked, false));
-        assert!(h.parts.headers.get(header::CONTENT_LENGTH).is_none());
+        assert!(fields_of(&h).get(header::CONTENT_LENGTH).is_none());
         let h = final_head(b"HTTP/1.1 200 OK\r\n\r\n");
         assert_eq!((h.framing, h.reusable), (Framing::UntilClose, false));
         let h = final_head(b"HTTP/1.0 200 OK\r\nContent-Length: 1\r\n\r\n");
@@ -1363,7 +1484,89 @@ mod tests {
             b"HTTP/1.1 200 OK\r\nServer: s\r\nDate: d\r\nConnection: keep-alive, X-Secret\r\n\
               X-Secret: 1\r\nKeep-Alive: timeout=5\r\nX-Kept: yes\r\nContent-Length: 0\r\n\r\n",
         );
-        let names: Vec<&str> = h.parts.headers.keys().map(|k| k.as_str()).collect();
+        let map = fields_of(&h);
+        let names: Vec<&str> = map.keys().map(|k| k.as_str()).collect();
         assert_eq!(names, ["x-kept", "content-length"]);
+    }
+
+    /// The fields a client gets, whichever way the head carries them.
+    fn fields_of(h: &Head) -> HeaderMap {
+        let mut map = h.parts.headers.clone();
+        if let Some(passed) = &h.passed {
+            assert!(map.is_empty(), "fields in the map and passed both");
+            passed.append_to(&mut map);
+        }
+        map
+    }
+
+    #[test]
+    fn fields_pass_straight_from_the_head_in_order_and_case() {
+        let h = final_head(
+            b"HTTP/1.1 200 OK\r\nServer: s\r\nContent-Type: text/plain\r\n\
+              Content-Length: 2\r\nX-B: 1\r\nSet-Cookie: a=1\r\nset-cookie: b=2\r\n\r\n",
+        );
+        let passed = h.passed.as_ref().expect("few fields pass without a map");
+        assert!(h.parts.headers.is_empty());
+        let fields: Vec<(&[u8], &[u8], bool)> = passed
+            .iter()
+            .map(|f| (f.name, f.value, f.is_content_length))
+            .collect();
+        assert_eq!(
+            fields,
+            [
+                (&b"Content-Type"[..], &b"text/plain"[..], false),
+                (b"Content-Length", b"2", true),
+                (b"X-B", b"1", false),
+                (b"Set-Cookie", b"a=1", false),
+                (b"set-cookie", b"b=2", false),
+            ]
+        );
+        // As a map: lower-cased names, repeated ones kept.
+        let map = fields_of(&h);
+        assert_eq!(map.get_all("set-cookie").iter().count(), 2);
+        assert_eq!(map["content-length"], "2");
+    }
+
+    #[test]
+    fn many_fields_or_a_kept_trailer_go_in_a_map() {
+        let mut bytes = b"HTTP/1.1 200 OK\r\nContent-Length: 0\r\n".to_vec();
+        for i in 0..=PASSED_FIELDS {
+            bytes.extend_from_slice(format!("X-F{i}: {i}\r\n").as_bytes());
+        }
+        bytes.extend_from_slice(b"\r\n");
+        let h = final_head(&bytes);
+        assert!(h.passed.is_none());
+        assert_eq!(h.parts.headers.len(), PASSED_FIELDS + 2);
+        assert_eq!(h.parts.headers.keys().next().unwrap(), "content-length");
+
+        let mut buf = BytesMut::from(
+            &b"HTTP/1.1 200 OK\r\nTrailer: x\r\nTransfer-Encoding: chunked\r\n\r\n"[..],
+        );
+        let filter = ResponseFilter {
+            hide: &[],
+            keep_trailer: true,
+        };
+        let Ok(Parsed::Final(h)) = parse_head(&mut buf, false, &filter) else {
+            panic!("a final head");
+        };
+        assert!(h.passed.is_none());
+        assert_eq!(h.parts.headers["trailer"], "x");
+    }
+
+    #[test]
+    fn proxy_hide_header_drops_a_passed_field_whatever_its_case() {
+        let mut buf = BytesMut::from(
+            &b"HTTP/1.1 200 OK\r\nX-Powered-By: php\r\nX-Kept: 1\r\nContent-Length: 0\r\n\r\n"[..],
+        );
+        let hide = [HeaderName::from_static("x-powered-by")];
+        let filter = ResponseFilter {
+            hide: &hide,
+            keep_trailer: false,
+        };
+        let Ok(Parsed::Final(h)) = parse_head(&mut buf, false, &filter) else {
+            panic!("a final head");
+        };
+        let names: Vec<&[u8]> = h.passed.as_ref().unwrap().iter().map(|f| f.name).collect();
+        assert_eq!(names, [&b"X-Kept"[..], b"Content-Length"]);
     }
 }

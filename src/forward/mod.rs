@@ -32,6 +32,7 @@ use std::task::{Context, Poll};
 use std::time::{Duration, Instant};
 
 mod h1;
+pub use h1::PassedFields;
 /// For the server side's head parse and writing (`serve::h1`).
 pub(crate) use h1::{field_span, parse_decimal, Span, Spans};
 
@@ -1312,6 +1313,17 @@ async fn read_request_body(
 pub enum UpstreamBody {
     Hyper(Incoming),
     Native(h1::ResponseBody),
+}
+
+impl UpstreamBody {
+    /// The response's fields when the native client left them in the head
+    /// (see `h1::PassedFields`); once.
+    pub fn take_passed(&mut self) -> Option<Box<PassedFields>> {
+        match self {
+            UpstreamBody::Hyper(_) => None,
+            UpstreamBody::Native(b) => b.take_passed(),
+        }
+    }
 }
 
 impl Body for UpstreamBody {

@@ -27,6 +27,9 @@ struct Held {
     inner: Inner,
     guard: Option<FinishGuard>,
     log: Option<Box<PendingLog>>,
+    /// `Server: ginx` is for the writer to add, before the map's field of
+    /// this index (see `respond::finish_headers`).
+    server_field: Option<usize>,
 }
 
 enum Inner {
@@ -89,6 +92,7 @@ impl ResponseBody {
             inner,
             guard: None,
             log: None,
+            server_field: None,
         }))
     }
 
@@ -119,6 +123,30 @@ impl ResponseBody {
                 started,
             }));
         }
+    }
+
+    /// The upstream's fields, when they were left in its response head for
+    /// the writer to copy (`forward::PassedFields`); once. Each
+    /// response's writer takes them: ginx's HTTP/1 side writes them as
+    /// they are, the others put them in the response's map
+    /// (`serve::handle`).
+    pub fn take_passed(&mut self) -> Option<Box<crate::forward::PassedFields>> {
+        match &mut self.0.inner {
+            Inner::Upstream { body, .. } => body.take_passed(),
+            _ => None,
+        }
+    }
+
+    /// Leave `Server: ginx` to the writer, to put where a map would have
+    /// it: before the map's field (name) of index `at`, or last
+    /// (`respond::finish_headers`).
+    pub fn leave_server_field(&mut self, at: usize) {
+        self.0.server_field = Some(at);
+    }
+
+    /// Where `Server: ginx` goes, when it is the writer's to add.
+    pub fn server_field(&self) -> Option<usize> {
+        self.0.server_field
     }
 
     /// Tie the end of this body to the connection's request accounting.

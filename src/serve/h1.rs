@@ -27,6 +27,7 @@
 use super::body::ResponseBody;
 use super::conn::ConnState;
 use super::CloseWithoutAnswer;
+use crate::forward::PassedFields;
 use bytes::{Bytes, BytesMut};
 use http::header::{self, HeaderMap, HeaderName, HeaderValue};
 use http::{Method, Request, Response, StatusCode, Version};
@@ -436,7 +437,10 @@ where
         false => Some(body.size_hint().exact()),
     };
     out.clear();
-    let (encoder, is_last) = encode_head(out, parts, length, exchange);
+    let passed = body.take_passed();
+    let server_at = body.server_field();
+    let (encoder, is_last) =
+        encode_head(out, parts, passed.as_deref(), server_at, length, exchange);
     async move {
         let ended = match encoder {
             Encoder::Length(0) => {
@@ -603,6 +607,8 @@ where
 fn encode_head(
     out: &mut Vec<u8>,
     parts: http::response::Parts,
+    passed: Option<&PassedFields>,
+    server_at: Option<usize>,
     length: Option<Option<u64>>,
     exchange: &Exchange<'_>,
 ) -> (Encoder, bool) {
@@ -660,38 +666,43 @@ fn encode_head(
     }
 
     let mut encoder = None;
+    // An upstream's fields straight from its head first (as the other
+    // writers have them first in the map), then the map, with `Server`
+    // where the map would have had it (`server_at`).
+    for field in passed.iter().flat_map(|p| p.iter()) {
+        if !field.is_content_length {
+            write_lowercase_field(out, field.name, field.value);
+        } else if encoder.is_none() {
+            encoder = length_field(out, b"content-length", field.value, length, exchange);
+        }
+    }
+    let mut server_at = server_at;
+    let mut names_written = 0;
     let mut wrote_date = false;
     let mut previous: Option<&HeaderName> = None;
     for (name, value) in headers.iter() {
         let first_of_name = previous != Some(name);
-        if first_of_name && previous == Some(&header::CONNECTION) {
-            out.extend_from_slice(b"\r\n"); // end of the joined Connection line
+        if first_of_name {
+            if previous == Some(&header::CONNECTION) {
+                out.extend_from_slice(b"\r\n"); // end of the joined Connection line
+            }
+            if server_at == Some(names_written) {
+                out.extend_from_slice(b"server: ginx\r\n");
+                server_at = None;
+            }
+            names_written += 1;
         }
         previous = Some(name);
         match *name {
             header::CONTENT_LENGTH => {
-                if encoder.is_some() {
-                    continue; // the first one counts
-                }
-                match length {
-                    Some(Some(known)) => {
-                        write_field(out, name, value);
-                        encoder = Some(Encoder::Length(known));
-                    }
-                    // An invalid length for a body of unknown length is
-                    // left out: the body goes by the rules below.
-                    Some(None) => {
-                        if let Some(n) = crate::forward::parse_decimal(value.as_bytes()) {
-                            write_field(out, name, value);
-                            encoder = Some(Encoder::Length(n));
-                        }
-                    }
-                    // No body: only a reply to HEAD tells the length.
-                    None if *exchange.method == Method::HEAD => {
-                        write_field(out, name, value);
-                        encoder = Some(Encoder::Length(0));
-                    }
-                    None => {}
+                if encoder.is_none() {
+                    encoder = length_field(
+                        out,
+                        name.as_str().as_bytes(),
+                        value.as_bytes(),
+                        length,
+                        exchange,
+                    );
                 }
             }
             header::TRANSFER_ENCODING | header::TRAILER => {}
@@ -716,6 +727,9 @@ fn encode_head(
     }
     if previous == Some(&header::CONNECTION) {
         out.extend_from_slice(b"\r\n");
+    }
+    if server_at.is_some() {
+        out.extend_from_slice(b"server: ginx\r\n");
     }
     if let (Some(value), false) = (connection_added, connection_in_map) {
         out.extend_from_slice(b"connection: ");
@@ -766,10 +780,59 @@ fn encode_head(
 }
 
 fn write_field(out: &mut Vec<u8>, name: &HeaderName, value: &HeaderValue) {
-    out.extend_from_slice(name.as_str().as_bytes());
+    write_raw_field(out, name.as_str().as_bytes(), value.as_bytes());
+}
+
+/// A field whose name and value are valid (from a map, or checked by the
+/// parser that found them).
+fn write_raw_field(out: &mut Vec<u8>, name: &[u8], value: &[u8]) {
+    out.extend_from_slice(name);
     out.extend_from_slice(b": ");
-    out.extend_from_slice(value.as_bytes());
+    out.extend_from_slice(value);
     out.extend_from_slice(b"\r\n");
+}
+
+/// A field from an upstream's head, its name lower-cased as a header map
+/// would: the reply is the same, byte for byte, whichever writer sends it.
+fn write_lowercase_field(out: &mut Vec<u8>, name: &[u8], value: &[u8]) {
+    let at = out.len();
+    out.extend_from_slice(name);
+    out[at..].make_ascii_lowercase();
+    out.extend_from_slice(b": ");
+    out.extend_from_slice(value);
+    out.extend_from_slice(b"\r\n");
+}
+
+/// The reply's first Content-Length field (`value`): written, and the
+/// body's encoder it sets, when it goes with the body (`length`: None
+/// without a body, Some(None) when its length is unknown); the body's
+/// own length decides otherwise.
+fn length_field(
+    out: &mut Vec<u8>,
+    name: &[u8],
+    value: &[u8],
+    length: Option<Option<u64>>,
+    exchange: &Exchange<'_>,
+) -> Option<Encoder> {
+    match length {
+        Some(Some(known)) => {
+            write_raw_field(out, name, value);
+            Some(Encoder::Length(known))
+        }
+        // An invalid length for a body of unknown length is left out: the
+        // body goes by the rules of encode_head.
+        Some(None) => {
+            let n = crate::forward::parse_decimal(value)?;
+            write_raw_field(out, name, value);
+            Some(Encoder::Length(n))
+        }
+        // No body: only a reply to HEAD tells the length.
+        None if *exchange.method == Method::HEAD => {
+            write_raw_field(out, name, value);
+            Some(Encoder::Length(0))
+        }
+        None => None,
+    }
 }
 
 /// The `date` field's value for HTTP/2 responses (`h2`): shared, not copied.

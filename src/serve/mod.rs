@@ -1249,6 +1249,10 @@ fn respond<'a>(
     entry: &'a mut Entry,
 ) -> impl Future<Output = Option<Response<ResponseBody>>> + use<'a> {
     async move {
+        // ginx's own HTTP/1 side (the one without a body here) writes an
+        // upstream's fields from its head, and Server; hyper's and HTTP/2
+        // take them in the response's map (`respond::finish_headers`).
+        let fields_in_map = body.is_some();
         let config = &generation.config;
         if config.settings.access_log != AccessLogTarget::Off {
             let header = |name: http::header::HeaderName| {
@@ -1273,7 +1277,7 @@ fn respond<'a>(
                 http::StatusCode::SERVICE_UNAVAILABLE,
                 settings.server_tokens,
             );
-            respond::finish_headers(&mut r, settings, None, None, true);
+            respond::finish_headers(&mut r, settings, None, None, true, fields_in_map);
             return Some(r);
         };
         let close = request_number >= listener.limits.keepalive_requests;
@@ -1296,7 +1300,7 @@ fn respond<'a>(
             entry.reason = Some(reason.to_string());
             tracing::info!(status = status.as_u16(), reason, client = %conn.remote, "request refused");
             let mut r = respond::page(status, settings.server_tokens);
-            respond::finish_headers(&mut r, settings, None, None, true);
+            respond::finish_headers(&mut r, settings, None, None, true, fields_in_map);
             return Some(r);
         }
         let routed = route::route(listener, &info, None);
@@ -1346,7 +1350,16 @@ fn respond<'a>(
                 entry.upstream_status = report.status;
                 entry.upstream_response_time = report.response_time;
                 match result {
-                    Ok(response) => response,
+                    Ok(mut response) => {
+                        // Before what ginx adds, as ginx's HTTP/1 side
+                        // writes them.
+                        if fields_in_map {
+                            if let Some(passed) = response.body_mut().take_passed() {
+                                passed.append_to(response.headers_mut());
+                            }
+                        }
+                        response
+                    }
                     Err(mut e) => {
                         // The body stopped because the wrapper refused its framing:
                         // say why (hyper's error only says the body failed).
@@ -1390,7 +1403,14 @@ fn respond<'a>(
             || response.status() == http::StatusCode::BAD_REQUEST
             || conn_state.framing_error(request_number).is_some())
             && response.status() != http::StatusCode::SWITCHING_PROTOCOLS;
-        respond::finish_headers(&mut response, settings, Some(rules), Some(&ctx), close);
+        respond::finish_headers(
+            &mut response,
+            settings,
+            Some(rules),
+            Some(&ctx),
+            close,
+            fields_in_map,
+        );
         Some(response)
     }
 }

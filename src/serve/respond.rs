@@ -95,17 +95,32 @@ pub fn page(status: StatusCode, server_tokens: bool) -> Response<ResponseBody> {
 /// Headers every response gets: `Server` (unless hidden), `add_header` of
 /// the location or server (on every status, unlike nginx without `always`),
 /// and `Connection: close` when this was the connection's last request.
+///
+/// `fields_in_map` false: the writer is ginx's own HTTP/1 side, which
+/// writes an upstream's fields from its head, and `Server` itself where
+/// the map would have had it (most proxied responses then need no map).
 pub fn finish_headers(
     response: &mut Response<ResponseBody>,
     settings: &Settings,
     rules: Option<&HeaderRules>,
     vars: Option<&VarContext<'_>>,
     close: bool,
+    fields_in_map: bool,
 ) {
-    let headers = response.headers_mut();
     if settings.server_tokens {
-        headers.insert(SERVER, HeaderValue::from_static("ginx"));
+        match fields_in_map {
+            true => {
+                response
+                    .headers_mut()
+                    .insert(SERVER, HeaderValue::from_static("ginx"));
+            }
+            false => {
+                let at = response.headers().keys_len();
+                response.body_mut().leave_server_field(at);
+            }
+        }
     }
+    let headers = response.headers_mut();
     if let (Some(rules), Some(ctx)) = (rules, vars) {
         for (name, template) in rules.add_header.iter() {
             let value = match template.as_literal() {

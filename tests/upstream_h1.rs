@@ -994,3 +994,49 @@ async fn switching_protocols_unasked_is_a_502() {
     assert_eq!(r.text(), "conn=2 nth=1 GET /after");
     gw.stop().await;
 }
+
+// ---------------------------------------------------------------------------
+// The response head as the client gets it.
+
+/// The header lines of a response head, without its status line and Date.
+fn field_lines(head: &str) -> Vec<&str> {
+    head.split("\r\n")
+        .skip(1)
+        .filter(|l| !l.is_empty() && !l.starts_with("date:"))
+        .collect()
+}
+
+#[tokio::test]
+async fn an_upstreams_fields_reach_the_client_in_its_order_lower_cased() {
+    // Repeated names apart from each other, mixed case, hop-by-hop and
+    // Connection-named fields among them.
+    let up = raw_upstream(|_| {
+        vec![write(
+            "HTTP/1.1 200 OK\r\nServer: upstream\r\nSet-Cookie: a=1\r\nX-Mid: m\r\n\
+             Connection: keep-alive, X-Hop\r\nX-Hop: gone\r\nDate: then\r\n\
+             set-cookie: b=2\r\nCONTENT-TYPE: text/plain\r\nContent-Length: 2\r\n\
+             Keep-Alive: timeout=5\r\nX-Last: l\r\n\r\nok",
+        )]
+    })
+    .await;
+    let gw = gateway(up.addr, "").await;
+    let expected = [
+        "set-cookie: a=1",
+        "x-mid: m",
+        "set-cookie: b=2",
+        "content-type: text/plain",
+        "content-length: 2",
+        "x-last: l",
+        "server: ginx",
+        "connection: close", // the client asked for it
+    ];
+    let r = fetch(gw.addr(0), "GET", "/").await;
+    assert_eq!((r.status, r.text().as_str()), (200, "ok"));
+    assert_eq!(field_lines(&r.head), expected, "{:?}", r.head);
+    assert_eq!(r.head.matches("date: ").count(), 1, "ginx's own Date only");
+    // HEAD: the same fields, the upstream's Content-Length among them.
+    let r = fetch(gw.addr(0), "HEAD", "/").await;
+    assert_eq!(field_lines(&r.head), expected, "{:?}", r.head);
+    assert!(r.complete && r.body.is_empty());
+    gw.stop().await;
+}

@@ -374,6 +374,9 @@ pub struct ResponseFilter<'a> {
     pub hide: &'a [HeaderName],
     /// The client said `TE: trailers`: keep the Trailer announcement.
     pub keep_trailer: bool,
+    /// The writer takes the fields from the head (`PassedFields`); else
+    /// they go into the response's map.
+    pub pass_fields: bool,
 }
 
 /// Writes a request head, then its body, into one buffer.
@@ -750,9 +753,13 @@ fn parse_head(
         true => connection_options(&head, spans.as_slice()),
         false => Vec::new(),
     };
-    // Which fields the client gets, in order; where the first Content-Length is.
+    // Which fields the client gets, in order: kept as spans when the writer
+    // takes them from the head (where the first Content-Length is noted),
+    // else put in a map at once.
     let mut kept = Spans::<MAX_HEADERS>::new();
     let mut length_at = None;
+    let mut map = (!filter.pass_fields)
+        .then(|| HeaderMap::with_capacity(spans.as_slice().len() + ROOM_AFTER));
     for &span in spans.as_slice() {
         let raw_name = &head[span.0 as usize..span.1 as usize];
         if always_dropped(raw_name, filter.keep_trailer) {
@@ -771,30 +778,32 @@ fn parse_head(
             && !(filter.keep_trailer && raw_name.eq_ignore_ascii_case(b"trailer")))
             || named(&options)
             || (is_length && (fields.chunked.is_some() || length_at.is_some()));
-        if !dropped {
-            if is_length {
-                length_at = Some(kept.as_slice().len());
-            }
-            kept.push(span);
+        if dropped {
+            continue;
+        }
+        if is_length {
+            length_at = Some(kept.as_slice().len());
+        }
+        match &mut map {
+            Some(map) => append_field(map, &head, span)?,
+            None => kept.push(span),
         }
     }
-    let passed = PassedFields::new(&head, kept.as_slice(), length_at, filter.keep_trailer);
+    let passed = match map {
+        Some(_) => None,
+        None => PassedFields::new(&head, kept.as_slice(), length_at, filter.keep_trailer),
+    };
+    // Too many fields to pass, or a Trailer kept: a map after all.
+    if map.is_none() && passed.is_none() {
+        let mut headers = HeaderMap::with_capacity(kept.as_slice().len() + ROOM_AFTER);
+        for &span in kept.as_slice() {
+            append_field(&mut headers, &head, span)?;
+        }
+        map = Some(headers);
+    }
     // The parts made below come with an empty map: none is made here when
     // the fields pass straight.
-    let headers = match passed {
-        Some(_) => None,
-        None => {
-            let mut headers = HeaderMap::with_capacity(kept.as_slice().len());
-            for &(ns, ne, vs, ve) in kept.as_slice() {
-                let name = HeaderName::from_bytes(&head[ns as usize..ne as usize])
-                    .map_err(|_| invalid("upstream sent an invalid header name"))?;
-                let value = HeaderValue::from_maybe_shared(head.slice(vs as usize..ve as usize))
-                    .map_err(|_| invalid("upstream sent an invalid header value"))?;
-                headers.append(name, value);
-            }
-            Some(headers)
-        }
-    };
+    let headers = map;
     let no_body =
         head_request || status == StatusCode::NO_CONTENT || status == StatusCode::NOT_MODIFIED;
     let framing = match (no_body, fields.chunked, fields.length) {
@@ -824,6 +833,20 @@ fn parse_head(
         framing,
         reusable,
     }))
+}
+
+/// A field of `head` into `map`.
+fn append_field(
+    map: &mut HeaderMap,
+    head: &Bytes,
+    (ns, ne, vs, ve): Span,
+) -> Result<(), Exchanged> {
+    let name = HeaderName::from_bytes(&head[ns as usize..ne as usize])
+        .map_err(|_| invalid("upstream sent an invalid header name"))?;
+    let value = HeaderValue::from_maybe_shared(head.slice(vs as usize..ve as usize))
+        .map_err(|_| invalid("upstream sent an invalid header value"))?;
+    map.append(name, value);
+    Ok(())
 }
 
 /// Start and end of a field's name, then of its value, in its head.
@@ -863,15 +886,16 @@ impl<const N: usize> Spans<N> {
 /// gets a header map, as from hyper's client.
 const PASSED_FIELDS: usize = 16;
 
-/// Fields a response's map takes after an upstream's (`PassedFields::append_to`).
+/// Fields a response's map takes after an upstream's (Server, Date,
+/// Content-Length and the like): a map that grows rebuilds its index.
 const ROOM_AFTER: usize = 4;
 
 /// An upstream response's fields as they came, slices of its head, for
 /// ginx's own HTTP/1 side to write out without a header map: building a
 /// map (a hashed name, an allocation or two, an insert per field) and
 /// walking it again to write it was about 1,000 instructions of a proxied
-/// request's 19,000. Every other writer (HTTP/2, hyper's HTTP/1) gets a
-/// map ([`PassedFields::append_to`]). The fields have been checked: httparse
+/// request's 19,000. For every other writer (HTTP/2, hyper's HTTP/1) the
+/// map is built as the head is read (`ResponseFilter::pass_fields`). The fields have been checked: httparse
 /// takes only token names, and values a header map accepts.
 pub struct PassedFields {
     head: Bytes,
@@ -1413,6 +1437,7 @@ mod tests {
         let filter = ResponseFilter {
             hide: &[],
             keep_trailer: false,
+            pass_fields: true,
         };
         parse_head(&mut buf, head_request, &filter)
     }
@@ -1545,12 +1570,27 @@ mod tests {
         let filter = ResponseFilter {
             hide: &[],
             keep_trailer: true,
+            pass_fields: true,
         };
         let Ok(Parsed::Final(h)) = parse_head(&mut buf, false, &filter) else {
             panic!("a final head");
         };
         assert!(h.passed.is_none());
         assert_eq!(h.parts.headers["trailer"], "x");
+
+        // A writer that wants a map gets one.
+        let mut buf =
+            BytesMut::from(&b"HTTP/1.1 200 OK\r\nX-A: 1\r\nContent-Length: 0\r\n\r\n"[..]);
+        let filter = ResponseFilter {
+            hide: &[],
+            keep_trailer: false,
+            pass_fields: false,
+        };
+        let Ok(Parsed::Final(h)) = parse_head(&mut buf, false, &filter) else {
+            panic!("a final head");
+        };
+        assert!(h.passed.is_none());
+        assert_eq!(h.parts.headers["x-a"], "1");
     }
 
     #[test]
@@ -1562,6 +1602,7 @@ mod tests {
         let filter = ResponseFilter {
             hide: &hide,
             keep_trailer: false,
+            pass_fields: true,
         };
         let Ok(Parsed::Final(h)) = parse_head(&mut buf, false, &filter) else {
             panic!("a final head");

@@ -359,6 +359,10 @@ pub async fn forward(
     let read_timeout = location.proxy_read_timeout.unwrap_or(upstream.read_timeout);
     let send_timeout = location.proxy_send_timeout.unwrap_or(upstream.send_timeout);
 
+    // Without a body the request came from ginx's own HTTP/1 side, which
+    // writes an upstream's fields from its head (`h1::PassedFields`); the
+    // other writers want a map, built as the head is read.
+    let pass_fields = body.is_none();
     let mut body = read_request_body(info, location, body).await?;
     let upgrade = client_upgrade.and_then(|on| upgrade_protocol(info.headers).map(|p| (on, p)));
     let protocol = upgrade.as_ref().map(|(_, p)| p.clone());
@@ -427,6 +431,7 @@ pub async fn forward(
     let filter = h1::ResponseFilter {
         hide: &location.headers.proxy_hide_header,
         keep_trailer: client_trailers,
+        pass_fields,
     };
     let mut wire = Vec::new();
     let peers = rt.balancer.peers.len();

@@ -1351,8 +1351,10 @@ fn respond<'a>(
                 entry.upstream_response_time = report.response_time;
                 match result {
                     Ok(mut response) => {
-                        // Before what ginx adds, as ginx's HTTP/1 side
-                        // writes them.
+                        // The native client fills the map itself for these
+                        // writers (forward's `pass_fields`); fields left in
+                        // the head would still get here, before what ginx
+                        // adds, as ginx's HTTP/1 side writes them.
                         if fields_in_map {
                             if let Some(passed) = response.body_mut().take_passed() {
                                 passed.append_to(response.headers_mut());

@@ -895,8 +895,9 @@ const ROOM_AFTER: usize = 4;
 /// map (a hashed name, an allocation or two, an insert per field) and
 /// walking it again to write it was about 1,000 instructions of a proxied
 /// request's 19,000. For every other writer (HTTP/2, hyper's HTTP/1) the
-/// map is built as the head is read (`ResponseFilter::pass_fields`). The fields have been checked: httparse
-/// takes only token names, and values a header map accepts.
+/// map is built as the head is read (`ResponseFilter::pass_fields`). The
+/// fields have been checked: httparse takes only token names, and values
+/// a header map accepts.
 pub struct PassedFields {
     head: Bytes,
     fields: [Span; PASSED_FIELDS],
@@ -949,8 +950,6 @@ impl PassedFields {
 
     /// Into a header map, for writers that need one.
     pub fn append_to(&self, headers: &mut HeaderMap) {
-        // Room for what is added after (Server, Date, Content-Length and
-        // the like): a map that grows rebuilds its index.
         headers.reserve(self.len + ROOM_AFTER);
         for &(ns, ne, vs, ve) in &self.fields[..self.len] {
             let name = HeaderName::from_bytes(&self.head[ns as usize..ne as usize]);

@@ -1431,14 +1431,21 @@ mod tests {
         assert_eq!(out, b"GET / HTTP/1.1\r\ncontent-length: 0\r\n\r\n");
     }
 
-    fn head(bytes: &[u8], head_request: bool) -> Result<Parsed, Exchanged> {
-        let mut buf = BytesMut::from(bytes);
-        let filter = ResponseFilter {
+    /// A filter that hides nothing.
+    fn no_hide(keep_trailer: bool, pass_fields: bool) -> ResponseFilter<'static> {
+        ResponseFilter {
             hide: &[],
-            keep_trailer: false,
-            pass_fields: true,
-        };
-        parse_head(&mut buf, head_request, &filter)
+            keep_trailer,
+            pass_fields,
+        }
+    }
+
+    fn head(bytes: &[u8], head_request: bool) -> Result<Parsed, Exchanged> {
+        parse_head(
+            &mut BytesMut::from(bytes),
+            head_request,
+            &no_hide(false, true),
+        )
     }
 
     fn final_head(bytes: &[u8]) -> Head {
@@ -1513,6 +1520,14 @@ mod tests {
         assert_eq!(names, ["x-kept", "content-length"]);
     }
 
+    /// A final head parsed with `filter`.
+    fn filtered_head(bytes: &[u8], filter: &ResponseFilter<'_>) -> Head {
+        match parse_head(&mut BytesMut::from(bytes), false, filter) {
+            Ok(Parsed::Final(h)) => h,
+            _ => panic!("not a final head: {:?}", String::from_utf8_lossy(bytes)),
+        }
+    }
+
     /// The fields a client gets, whichever way the head carries them.
     fn fields_of(h: &Head) -> HeaderMap {
         let mut map = h.parts.headers.clone();
@@ -1563,49 +1578,34 @@ mod tests {
         assert_eq!(h.parts.headers.len(), PASSED_FIELDS + 2);
         assert_eq!(h.parts.headers.keys().next().unwrap(), "content-length");
 
-        let mut buf = BytesMut::from(
-            &b"HTTP/1.1 200 OK\r\nTrailer: x\r\nTransfer-Encoding: chunked\r\n\r\n"[..],
+        let h = filtered_head(
+            b"HTTP/1.1 200 OK\r\nTrailer: x\r\nTransfer-Encoding: chunked\r\n\r\n",
+            &no_hide(true, true),
         );
-        let filter = ResponseFilter {
-            hide: &[],
-            keep_trailer: true,
-            pass_fields: true,
-        };
-        let Ok(Parsed::Final(h)) = parse_head(&mut buf, false, &filter) else {
-            panic!("a final head");
-        };
         assert!(h.passed.is_none());
         assert_eq!(h.parts.headers["trailer"], "x");
 
         // A writer that wants a map gets one.
-        let mut buf =
-            BytesMut::from(&b"HTTP/1.1 200 OK\r\nX-A: 1\r\nContent-Length: 0\r\n\r\n"[..]);
-        let filter = ResponseFilter {
-            hide: &[],
-            keep_trailer: false,
-            pass_fields: false,
-        };
-        let Ok(Parsed::Final(h)) = parse_head(&mut buf, false, &filter) else {
-            panic!("a final head");
-        };
+        let h = filtered_head(
+            b"HTTP/1.1 200 OK\r\nX-A: 1\r\nContent-Length: 0\r\n\r\n",
+            &no_hide(false, false),
+        );
         assert!(h.passed.is_none());
         assert_eq!(h.parts.headers["x-a"], "1");
     }
 
     #[test]
     fn proxy_hide_header_drops_a_passed_field_whatever_its_case() {
-        let mut buf = BytesMut::from(
-            &b"HTTP/1.1 200 OK\r\nX-Powered-By: php\r\nX-Kept: 1\r\nContent-Length: 0\r\n\r\n"[..],
-        );
         let hide = [HeaderName::from_static("x-powered-by")];
         let filter = ResponseFilter {
             hide: &hide,
             keep_trailer: false,
             pass_fields: true,
         };
-        let Ok(Parsed::Final(h)) = parse_head(&mut buf, false, &filter) else {
-            panic!("a final head");
-        };
+        let h = filtered_head(
+            b"HTTP/1.1 200 OK\r\nX-Powered-By: php\r\nX-Kept: 1\r\nContent-Length: 0\r\n\r\n",
+            &filter,
+        );
         let names: Vec<&[u8]> = h.passed.as_ref().unwrap().iter().map(|f| f.name).collect();
         assert_eq!(names, [&b"X-Kept"[..], b"Content-Length"]);
     }

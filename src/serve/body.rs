@@ -125,11 +125,9 @@ impl ResponseBody {
         }
     }
 
-    /// The upstream's fields, when they were left in its response head for
-    /// the writer to copy (`forward::PassedFields`); once. Each
-    /// response's writer takes them: ginx's HTTP/1 side writes them as
-    /// they are, the others put them in the response's map
-    /// (`serve::handle`).
+    /// The upstream's fields, when the native client left them in its
+    /// response head for ginx's HTTP/1 side to copy
+    /// (`forward::PassedFields`); once.
     pub fn take_passed(&mut self) -> Option<Box<crate::forward::PassedFields>> {
         match &mut self.0.inner {
             Inner::Upstream { body, .. } => body.take_passed(),

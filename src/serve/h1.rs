@@ -796,11 +796,8 @@ fn write_raw_field(out: &mut Vec<u8>, name: &[u8], value: &[u8]) {
 /// would: the reply is the same, byte for byte, whichever writer sends it.
 fn write_lowercase_field(out: &mut Vec<u8>, name: &[u8], value: &[u8]) {
     let at = out.len();
-    out.extend_from_slice(name);
-    out[at..].make_ascii_lowercase();
-    out.extend_from_slice(b": ");
-    out.extend_from_slice(value);
-    out.extend_from_slice(b"\r\n");
+    write_raw_field(out, name, value);
+    out[at..at + name.len()].make_ascii_lowercase();
 }
 
 /// The reply's first Content-Length field (`value`): written, and the

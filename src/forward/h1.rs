@@ -789,21 +789,22 @@ fn parse_head(
             None => kept.push(span),
         }
     }
-    let passed = match map {
-        Some(_) => None,
-        None => PassedFields::new(&head, kept.as_slice(), length_at, filter.keep_trailer),
+    // The spans pass to the writer; too many of them, or a Trailer kept:
+    // a map after all. The parts made below come with an empty map: none
+    // is made here when the fields pass straight.
+    let (headers, passed) = match map {
+        Some(map) => (Some(map), None),
+        None => match PassedFields::new(&head, kept.as_slice(), length_at, filter.keep_trailer) {
+            Some(passed) => (None, Some(passed)),
+            None => {
+                let mut map = HeaderMap::with_capacity(kept.as_slice().len() + ROOM_AFTER);
+                for &span in kept.as_slice() {
+                    append_field(&mut map, &head, span)?;
+                }
+                (Some(map), None)
+            }
+        },
     };
-    // Too many fields to pass, or a Trailer kept: a map after all.
-    if map.is_none() && passed.is_none() {
-        let mut headers = HeaderMap::with_capacity(kept.as_slice().len() + ROOM_AFTER);
-        for &span in kept.as_slice() {
-            append_field(&mut headers, &head, span)?;
-        }
-        map = Some(headers);
-    }
-    // The parts made below come with an empty map: none is made here when
-    // the fields pass straight.
-    let headers = map;
     let no_body =
         head_request || status == StatusCode::NO_CONTENT || status == StatusCode::NOT_MODIFIED;
     let framing = match (no_body, fields.chunked, fields.length) {

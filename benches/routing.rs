@@ -231,7 +231,7 @@ fn bench_lookup(c: &mut Criterion) {
             let req = RequestInfo {
                 method: &method,
                 uri: &uri,
-                headers: &headers,
+                headers: (&headers).into(),
                 version: Version::HTTP_11,
                 local,
                 remote,

@@ -14,6 +14,7 @@ use bytes::Bytes;
 use ginx::compile::actions::compile_regex;
 use ginx::compile::locations::{Found, LocationKey, LocationKind, LocationTable};
 use ginx::compile::{Action, Config, Listener, Server};
+use ginx::route::fields::{Fields, HeadFields};
 use ginx::route::path::{self, PathError};
 use ginx::route::{Outcome, RequestInfo, Routed};
 use http::header::{self, HeaderMap, HeaderName, HeaderValue};
@@ -165,7 +166,7 @@ fn route_a_few(config: &Config) {
             let info = RequestInfo {
                 method: &Method::GET,
                 uri: &uri,
-                headers: &headers,
+                headers: (&headers).into(),
                 version: Version::HTTP_11,
                 local: l.addr,
                 remote: remote(),
@@ -584,7 +585,7 @@ fn route_mode(data: &[u8]) {
     let info = RequestInfo {
         method: &Method::GET,
         uri: &uri,
-        headers: &headers,
+        headers: (&headers).into(),
         version: Version::HTTP_11,
         local: local(),
         remote: remote(),
@@ -1074,7 +1075,7 @@ pub fn upstream_request(data: &[u8]) {
     let info = RequestInfo {
         method: &parts.method,
         uri: &parts.uri,
-        headers: &parts.headers,
+        headers: (&parts.headers).into(),
         version: parts.version,
         local: local(),
         remote: remote(),
@@ -1088,7 +1089,7 @@ pub fn upstream_request(data: &[u8]) {
 
     // forward(): the headers, the upgrade pair, the URI.
     let mut headers = ginx::forward::upstream_headers(&info, &routed, location);
-    let upgrade = ginx::forward::upgrade_protocol(&parts.headers);
+    let upgrade = ginx::forward::upgrade_protocol((&parts.headers).into());
     if let Some(protocol) = &upgrade {
         headers.insert(header::CONNECTION, HeaderValue::from_static("upgrade"));
         headers.insert(header::UPGRADE, protocol.clone());
@@ -1347,7 +1348,61 @@ pub fn upstream_request(data: &[u8]) {
         };
         assert_eq!(fields(head.headers), hyper_fields, "{}", native_what());
         assert_eq!(&native[len..], &sent_body[..], "{}", native_what());
+
+        // The fields read where they stand in the head (ginx's own HTTP/1
+        // side) route the same and go up the same as from a map, names in
+        // the client's spelling.
+        let head_fields = head_fields_of(data);
+        let head_info = RequestInfo {
+            headers: Fields::Head(&head_fields),
+            ..info
+        };
+        let head_routed = ginx::route::route(listener, &head_info, None);
+        assert_same_routing(&routed, &head_routed, "a map and the head's fields", false);
+        let mut from_head = Vec::new();
+        ginx::forward::write_upstream_request(
+            &mut from_head,
+            &head_info,
+            &head_routed,
+            location,
+            pq.as_str(),
+            UPSTREAM_AUTHORITY,
+            &sent_body,
+        );
+        let mut slots = [httparse::EMPTY_HEADER; 512];
+        let mut again = httparse::Request::new(&mut slots);
+        let again_len = match again.parse(&from_head) {
+            Ok(httparse::Status::Complete(n)) => n,
+            other => panic!("no complete request head from the head's fields ({other:?})"),
+        };
+        assert_eq!(
+            fields(again.headers),
+            hyper_fields,
+            "{}\nwritten from the head's fields {:?}",
+            native_what(),
+            String::from_utf8_lossy(&from_head)
+        );
+        assert_eq!(&from_head[again_len..], &sent_body[..], "{}", native_what());
     }
+}
+
+/// A request's fields as ginx's own HTTP/1 side keeps them: where they
+/// stand in its head (which `parse_like_hyper` has read).
+fn head_fields_of(data: &[u8]) -> HeadFields {
+    let head = Bytes::copy_from_slice(data);
+    let mut slots = [httparse::EMPTY_HEADER; 256];
+    let mut req = httparse::Request::new(&mut slots);
+    req.parse(&head).expect("parsed before");
+    let at = |s: &[u8]| (s.as_ptr() as usize - head.as_ptr() as usize) as u32;
+    let spans: Vec<_> = req
+        .headers
+        .iter()
+        .map(|h| {
+            let (n, v) = (at(h.name.as_bytes()), at(h.value));
+            (n, n + h.name.len() as u32, v, v + h.value.len() as u32)
+        })
+        .collect();
+    HeadFields::new(head.clone(), spans)
 }
 
 /// Write `request` with hyper's HTTP/1 client into an in-memory pipe and

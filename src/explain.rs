@@ -81,7 +81,7 @@ pub fn explain(config: &Config, request: &ExplainRequest) -> Result<String, Stri
     let info = RequestInfo {
         method: &request.method,
         uri: &target,
-        headers: &headers,
+        headers: (&headers).into(),
         version: Version::HTTP_11,
         local,
         remote: SocketAddr::new(request.client, 50000),

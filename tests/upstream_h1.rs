@@ -1040,3 +1040,49 @@ async fn an_upstreams_fields_reach_the_client_in_its_order_lower_cased() {
     assert!(r.complete && r.body.is_empty());
     gw.stop().await;
 }
+
+/// The upstream answers with the head it got, as its body.
+fn echo_head(req: &Req) -> Vec<Step> {
+    vec![write(ok(&req.head, ""))]
+}
+
+#[tokio::test]
+async fn a_bodiless_request_goes_up_with_its_fields_as_the_client_spelled_them() {
+    let up = raw_upstream(echo_head).await;
+    let gw = gateway(up.addr, "").await;
+    let request = b"GET /x HTTP/1.1\r\nHost: x\r\nX-Mixed-Case: One\r\nuser-AGENT: t\r\n\
+        X-SECRET: s\r\nX_Under: u\r\nX-Forwarded-Proto: gopher\r\n\
+        Connection: close, x-secret\r\n\r\n";
+    let got = fetch_raw(gw.addr(0), request, false).await;
+    assert_eq!(got.status, 200);
+    let sent = got.text();
+    let lines: Vec<&str> = sent
+        .split("\r\n")
+        .skip(1)
+        .filter(|l| !l.is_empty())
+        .collect();
+    // As nginx: the client's spelling, not a map's lower case.
+    assert!(lines.contains(&"X-Mixed-Case: One"), "{sent:?}");
+    assert!(lines.contains(&"user-AGENT: t"), "{sent:?}");
+    // Dropped whatever their case: what Connection names, Connection, `_`.
+    for gone in ["x-secret", "connection", "x_under"] {
+        assert!(
+            !lines
+                .iter()
+                .any(|l| l.to_ascii_lowercase().starts_with(gone)),
+            "{gone} went up: {sent:?}"
+        );
+    }
+    // ginx's own fields replace the client's, once each.
+    let named = |name: &str| {
+        lines
+            .iter()
+            .filter(|l| l.to_ascii_lowercase().starts_with(&format!("{name}:")))
+            .count()
+    };
+    assert!(lines.contains(&"x-forwarded-proto: http"), "{sent:?}");
+    assert_eq!(named("x-forwarded-proto"), 1, "{sent:?}");
+    assert_eq!(named("host"), 1, "{sent:?}");
+    assert_eq!(named("x-forwarded-for"), 1, "{sent:?}");
+    gw.stop().await;
+}

@@ -400,13 +400,13 @@ impl<'a> HeadWriter<'a> {
 
     /// One field; the caller gives a valid name and value (from a header
     /// map, or checked).
-    pub fn field(&mut self, name: &str, value: &[u8]) {
+    pub fn field(&mut self, name: &[u8], value: &[u8]) {
         self.field_with(name, |out| out.extend_from_slice(value));
     }
 
     /// One field whose value `value` writes in place (no buffer of its own).
-    pub fn field_with(&mut self, name: &str, value: impl FnOnce(&mut Vec<u8>)) {
-        self.out.extend_from_slice(name.as_bytes());
+    pub fn field_with(&mut self, name: &[u8], value: impl FnOnce(&mut Vec<u8>)) {
+        self.out.extend_from_slice(name);
         self.out.extend_from_slice(b": ");
         value(self.out);
         self.out.extend_from_slice(b"\r\n");
@@ -850,8 +850,7 @@ fn append_field(
     Ok(())
 }
 
-/// Start and end of a field's name, then of its value, in its head.
-pub(crate) type Span = (u32, u32, u32, u32);
+pub(crate) use crate::route::fields::Span;
 
 /// The spans of a head's fields, in order, up to `N` of them (httparse's
 /// own limit for that head). Filled only as far as the head has fields:
@@ -1421,7 +1420,7 @@ mod tests {
     fn request_framing_is_written_from_the_body() {
         let mut out = Vec::new();
         let mut w = HeadWriter::new(&mut out, &Method::POST, "?q", 10);
-        w.field("x-a", b"1");
+        w.field(b"x-a", b"1");
         w.finish(b"abc", false);
         assert_eq!(
             out,

@@ -12,6 +12,7 @@
 use crate::balance::{Balancer, PeerRegistry, PeerState, PickInput};
 use crate::compile::upstream::{Balance, NextUpstream, Protocol};
 use crate::compile::{Config, Location, Upstream};
+use crate::route::fields::{is_named, visible_str, Fields};
 use crate::route::{RequestInfo, Routed};
 use crate::serve::body::{ClientBody, IdleTimer};
 use bytes::Bytes;
@@ -34,7 +35,7 @@ use std::time::{Duration, Instant};
 mod h1;
 pub use h1::PassedFields;
 /// For the server side's head parse and writing (`serve::h1`).
-pub(crate) use h1::{field_span, parse_decimal, Span, Spans};
+pub(crate) use h1::{field_span, parse_decimal};
 
 pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
 
@@ -371,7 +372,7 @@ pub async fn forward(
     // body on a GET or HEAD as no body at all.
     let chunked_up = upstream.protocol == Protocol::Http1
         && matches!(body, HeldBody::Streaming(..))
-        && !info.headers.contains_key(header::CONTENT_LENGTH);
+        && !info.headers.contains(&header::CONTENT_LENGTH);
     let build_headers = || {
         let mut headers = upstream_headers(info, routed, location);
         if chunked_up {
@@ -718,6 +719,53 @@ static HOP_BY_HOP: [HeaderName; 7] = [
     header::UPGRADE,
 ];
 
+/// What a client's field is to the native client's writer, by its name
+/// (in any case): one match on the length and a comparison or two, where a
+/// test of each name the writer cares about was a dozen comparisons a field.
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+enum FieldKind {
+    ContentLength,
+    TransferEncoding,
+    Host,
+    Te,
+    Expect,
+    /// One of [`HOP_BY_HOP`] other than TE and Transfer-Encoding.
+    HopByHop,
+    XForwardedFor,
+    XForwardedProto,
+    XForwardedHost,
+    Other,
+}
+
+impl FieldKind {
+    #[inline]
+    fn of(name: &[u8]) -> FieldKind {
+        let is = |wanted: &[u8]| name.eq_ignore_ascii_case(wanted);
+        match name.len() {
+            2 if is(b"te") => FieldKind::Te,
+            4 if is(b"host") => FieldKind::Host,
+            6 if is(b"expect") => FieldKind::Expect,
+            7 if is(b"trailer") || is(b"upgrade") => FieldKind::HopByHop,
+            10 if is(b"connection") || is(b"keep-alive") => FieldKind::HopByHop,
+            14 if is(b"content-length") => FieldKind::ContentLength,
+            15 if is(b"x-forwarded-for") => FieldKind::XForwardedFor,
+            16 if is(b"proxy-connection") => FieldKind::HopByHop,
+            16 if is(b"x-forwarded-host") => FieldKind::XForwardedHost,
+            17 if is(b"transfer-encoding") => FieldKind::TransferEncoding,
+            17 if is(b"x-forwarded-proto") => FieldKind::XForwardedProto,
+            _ => FieldKind::Other,
+        }
+    }
+
+    /// Hop-by-hop ([`HOP_BY_HOP`]).
+    fn hop_by_hop(self) -> bool {
+        matches!(
+            self,
+            FieldKind::HopByHop | FieldKind::Te | FieldKind::TransferEncoding
+        )
+    }
+}
+
 /// Remove hop-by-hop headers and every header that Connection names.
 pub fn strip_hop_by_hop(headers: &mut HeaderMap) {
     for name in connection_options(headers).iter().chain(HOP_BY_HOP.iter()) {
@@ -742,22 +790,23 @@ fn connection_options(headers: &HeaderMap) -> Vec<HeaderName> {
 /// they stand: `connection_options` without a HeaderName made per token
 /// (a copy for each that is not a standard name, `close` among them) or a
 /// list to hold them: about 700 instructions for a `Connection: close`.
-struct ConnectionOptions<'a>(http::header::GetAll<'a, HeaderValue>);
+struct ConnectionOptions<'a>(Fields<'a>);
 
 impl<'a> ConnectionOptions<'a> {
-    fn of(headers: &'a HeaderMap) -> Self {
-        ConnectionOptions(headers.get_all(header::CONNECTION))
+    fn of(headers: Fields<'a>) -> Self {
+        ConnectionOptions(headers)
     }
 
-    /// `name` is among them (Host never is: it is not the client's to drop).
-    fn names(&self, name: &HeaderName) -> bool {
-        *name != header::HOST
+    /// `name` (in any case) is among them (Host never is: it is not the
+    /// client's to drop).
+    fn names(&self, name: &[u8]) -> bool {
+        !is_named(name, b"host")
             && self
                 .0
-                .iter()
-                .filter_map(|v| v.to_str().ok())
+                .get_all(&header::CONNECTION)
+                .filter_map(visible_str)
                 .flat_map(|v| v.split(','))
-                .any(|t| t.trim().eq_ignore_ascii_case(name.as_str()))
+                .any(|t| t.trim().as_bytes().eq_ignore_ascii_case(name))
     }
 }
 
@@ -804,12 +853,11 @@ pub fn upstream_headers(
     routed: &Routed<'_>,
     location: &Location,
 ) -> HeaderMap {
-    let mut headers = info.headers.clone();
+    let mut headers = info.headers.to_map();
     let accepts_trailers = accepts_trailers(info.headers);
     // Most requests carry none of the headers removed below: one pass over
     // the names finds out, and spares a hashed removal per candidate.
-    let needs_cleaning = info
-        .headers
+    let needs_cleaning = headers
         .keys()
         .any(|k| HOP_BY_HOP.contains(k) || k == header::EXPECT || k.as_str().contains('_'));
     if needs_cleaning {
@@ -833,7 +881,7 @@ pub fn upstream_headers(
     // naming the coding makes it send the chunks (other methods were chunked
     // anyway; an HTTP/2 upstream drops the header). Found by fuzz/
     // upstream_request: fuzz/regressions/upstream_request/get-chunked-body.
-    if info.headers.contains_key(header::TRANSFER_ENCODING) {
+    if info.headers.contains(&header::TRANSFER_ENCODING) {
         headers.insert(
             header::TRANSFER_ENCODING,
             HeaderValue::from_static("chunked"),
@@ -865,7 +913,7 @@ pub fn upstream_headers(
     }
     let mut xff = Vec::with_capacity(48);
     for v in info.headers.get_all(&X_FORWARDED_FOR) {
-        xff.extend_from_slice(v.as_bytes());
+        xff.extend_from_slice(v);
         xff.extend_from_slice(b", ");
     }
     write_ip(&mut xff, info.remote.ip());
@@ -924,12 +972,15 @@ pub fn write_upstream_request(
             .filter(|(_, v)| v.iter().all(|&b| (b >= 0x20 && b != 0x7f) || b == b'\t'))
             .collect()
     };
-    let is_set = |name: &HeaderName| set.iter().any(|(n, _)| *n == name);
+    let is_set = |name: &[u8]| {
+        set.iter()
+            .any(|(n, _)| is_named(name, n.as_str().as_bytes()))
+    };
     let seen = SeenFields::of(client);
     let cleaning = seen.cleaning;
     // Looked up only when a hop-by-hop field is there (Connection is one).
     let options = cleaning.then(|| ConnectionOptions::of(client));
-    let option = |name: &HeaderName| options.as_ref().is_some_and(|o| o.names(name));
+    let option = |name: &[u8]| options.as_ref().is_some_and(|o| o.names(name));
     let room = seen.room
         + set
             .iter()
@@ -937,24 +988,28 @@ pub fn write_upstream_request(
             .sum::<usize>();
     let mut w = h1::HeadWriter::new(out, info.method, target, room + 192 + body.len());
     let mut had_length = false;
-    for (name, value) in client {
-        if name == header::CONTENT_LENGTH {
+    for (name, value) in client.iter() {
+        let kind = FieldKind::of(name);
+        if kind == FieldKind::ContentLength {
             had_length = !(is_set(name) || option(name));
             continue;
         }
         let dropped = (cleaning
-            && (HOP_BY_HOP.contains(name)
+            && (kind.hop_by_hop()
+                || kind == FieldKind::Expect
                 || option(name)
-                || name == header::EXPECT
-                || name.as_str().contains('_')))
-            || name == header::TRANSFER_ENCODING
-            || name == header::HOST
-            || *name == X_FORWARDED_FOR
-            || *name == X_FORWARDED_PROTO
-            || *name == X_FORWARDED_HOST
+                || name.contains(&b'_')))
+            || matches!(
+                kind,
+                FieldKind::TransferEncoding
+                    | FieldKind::Host
+                    | FieldKind::XForwardedFor
+                    | FieldKind::XForwardedProto
+                    | FieldKind::XForwardedHost
+            )
             || is_set(name);
         if !dropped {
-            w.field(name.as_str(), value.as_bytes());
+            w.field(name, value);
         }
     }
     // Host: an absolute-form target's authority, else the client's Host,
@@ -970,43 +1025,42 @@ pub fn write_upstream_request(
         Some(a) => Some(a.as_str().as_bytes()),
         None => seen
             .host
-            .map(HeaderValue::as_bytes)
             .or_else(|| info.uri.authority().map(|a| a.as_str().as_bytes())),
     };
-    if !is_set(&header::HOST) {
+    if !is_set(b"host") {
         match (absolute, seen.hosts) {
             (None, 2..) => {
-                for v in client.get_all(header::HOST) {
-                    w.field("host", v.as_bytes());
+                for v in client.get_all(&header::HOST) {
+                    w.field(b"host", v);
                 }
             }
             _ => {
                 if let Some(h) = first_host {
-                    w.field("host", h);
+                    w.field(b"host", h);
                 }
             }
         }
         host_written = first_host.is_some();
     }
-    if seen.te && accepts_trailers(client) && !is_set(&header::TE) {
-        w.field("te", b"trailers");
+    if seen.te && accepts_trailers(client) && !is_set(b"te") {
+        w.field(b"te", b"trailers");
     }
-    if !is_set(&X_FORWARDED_FOR) {
-        w.field_with("x-forwarded-for", |out| {
+    if !is_set(X_FORWARDED_FOR.as_str().as_bytes()) {
+        w.field_with(b"x-forwarded-for", |out| {
             if seen.forwarded_for {
                 for v in client.get_all(&X_FORWARDED_FOR) {
-                    out.extend_from_slice(v.as_bytes());
+                    out.extend_from_slice(v);
                     out.extend_from_slice(b", ");
                 }
             }
             write_ip(out, info.remote.ip());
         });
     }
-    if !is_set(&X_FORWARDED_PROTO) {
-        w.field("x-forwarded-proto", info.scheme().as_bytes());
+    if !is_set(X_FORWARDED_PROTO.as_str().as_bytes()) {
+        w.field(b"x-forwarded-proto", info.scheme().as_bytes());
     }
-    if let (Some(h), false) = (first_host, is_set(&X_FORWARDED_HOST)) {
-        w.field("x-forwarded-host", h);
+    if let (Some(h), false) = (first_host, is_set(X_FORWARDED_HOST.as_str().as_bytes())) {
+        w.field(b"x-forwarded-host", h);
     }
     for (name, value) in &set {
         if value.is_empty() {
@@ -1015,12 +1069,12 @@ pub fn write_upstream_request(
         if **name == header::CONTENT_LENGTH {
             had_length = true;
         } else if **name != header::TRANSFER_ENCODING {
-            w.field(name.as_str(), value);
+            w.field(name.as_str().as_bytes(), value);
         }
         host_written |= **name == header::HOST;
     }
     if !host_written {
-        w.field("host", fallback_host.as_bytes());
+        w.field(b"host", fallback_host.as_bytes());
     }
     w.finish(body, had_length);
 }
@@ -1032,14 +1086,14 @@ struct SeenFields<'a> {
     room: usize,
     /// A hop-by-hop field, Expect, or a name with `_`: some are dropped.
     cleaning: bool,
-    host: Option<&'a HeaderValue>,
+    host: Option<&'a [u8]>,
     hosts: usize,
     te: bool,
     forwarded_for: bool,
 }
 
 impl<'a> SeenFields<'a> {
-    fn of(client: &'a HeaderMap) -> Self {
+    fn of(client: Fields<'a>) -> Self {
         let mut seen = SeenFields {
             room: 0,
             cleaning: false,
@@ -1048,17 +1102,17 @@ impl<'a> SeenFields<'a> {
             te: false,
             forwarded_for: false,
         };
-        for (name, value) in client {
-            seen.room += name.as_str().len() + value.len() + 4;
-            if name == header::HOST {
+        for (name, value) in client.iter() {
+            seen.room += name.len() + value.len() + 4;
+            let kind = FieldKind::of(name);
+            if kind == FieldKind::Host {
                 seen.hosts += 1;
                 seen.host.get_or_insert(value);
                 continue;
             }
-            seen.te |= name == header::TE;
-            seen.forwarded_for |= *name == X_FORWARDED_FOR;
-            seen.cleaning |=
-                HOP_BY_HOP.contains(name) || name == header::EXPECT || name.as_str().contains('_');
+            seen.te |= kind == FieldKind::Te;
+            seen.forwarded_for |= kind == FieldKind::XForwardedFor;
+            seen.cleaning |= kind.hop_by_hop() || kind == FieldKind::Expect || name.contains(&b'_');
         }
         seen
     }
@@ -1114,33 +1168,32 @@ fn downstream_response(
 }
 
 /// Did the client say `TE: trailers` (gRPC clients do, over HTTP/2 too)?
-fn accepts_trailers(headers: &HeaderMap) -> bool {
+fn accepts_trailers(headers: Fields<'_>) -> bool {
     // Few requests have a TE: a pass over the names costs less than the
     // hashed lookup that would find none.
-    headers.keys().any(|k| k == header::TE)
+    headers.iter().any(|(k, _)| is_named(k, b"te"))
         && headers
-            .get_all(header::TE)
-            .iter()
-            .filter_map(|v| v.to_str().ok())
+            .get_all(&header::TE)
+            .filter_map(visible_str)
             .flat_map(|v| v.split(','))
             .any(|t| t.trim().eq_ignore_ascii_case("trailers"))
 }
 
 /// The protocol a request asks to upgrade to (`Connection: upgrade` plus
 /// `Upgrade`). Public for the fuzz target that rebuilds upstream requests.
-pub fn upgrade_protocol(headers: &HeaderMap) -> Option<HeaderValue> {
+pub fn upgrade_protocol(headers: Fields<'_>) -> Option<HeaderValue> {
     let asks = headers
-        .get_all(header::CONNECTION)
-        .iter()
-        .filter_map(|v| v.to_str().ok())
+        .get_all(&header::CONNECTION)
+        .filter_map(visible_str)
         .flat_map(|v| v.split(','))
         .any(|t| t.trim().eq_ignore_ascii_case("upgrade"));
-    asks.then(|| headers.get(header::UPGRADE).cloned())
+    asks.then(|| headers.get(&header::UPGRADE))
         .flatten()
+        .and_then(|v| HeaderValue::from_bytes(v).ok())
 }
 
 /// Whether a request asks for an upgrade (so the handler keeps its upgrade hook).
-pub fn wants_upgrade(headers: &HeaderMap) -> bool {
+pub fn wants_upgrade(headers: Fields<'_>) -> bool {
     upgrade_protocol(headers).is_some()
 }
 
@@ -1275,8 +1328,8 @@ async fn read_request_body(
     let limit = location.client_max_body_size;
     let length = info
         .headers
-        .get(header::CONTENT_LENGTH)
-        .and_then(|v| v.to_str().ok())
+        .get(&header::CONTENT_LENGTH)
+        .and_then(visible_str)
         .and_then(|v| v.parse::<u64>().ok());
     if limit > 0 && length.is_some_and(|n| n > limit) {
         return Err(ForwardError::new(
@@ -1494,21 +1547,51 @@ mod tests {
     }
 
     #[test]
+    fn field_kinds_name_what_they_say_in_any_case() {
+        use super::{FieldKind, HOP_BY_HOP};
+        for name in &HOP_BY_HOP {
+            let lower = name.as_str();
+            for spelled in [lower.to_string(), lower.to_ascii_uppercase()] {
+                assert!(FieldKind::of(spelled.as_bytes()).hop_by_hop(), "{spelled}");
+            }
+        }
+        let kinds = [
+            ("Content-Length", FieldKind::ContentLength),
+            ("transfer-encoding", FieldKind::TransferEncoding),
+            ("HOST", FieldKind::Host),
+            ("te", FieldKind::Te),
+            ("Expect", FieldKind::Expect),
+            ("X-Forwarded-For", FieldKind::XForwardedFor),
+            ("x-forwarded-proto", FieldKind::XForwardedProto),
+            ("X-Forwarded-Host", FieldKind::XForwardedHost),
+            ("x-forwarded-hosts", FieldKind::Other),
+            ("hosts", FieldKind::Other),
+            ("content-type", FieldKind::Other),
+        ];
+        for (name, kind) in kinds {
+            assert_eq!(FieldKind::of(name.as_bytes()), kind, "{name}");
+        }
+        assert!(!FieldKind::Other.hop_by_hop() && !FieldKind::Expect.hop_by_hop());
+    }
+
+    #[test]
     fn connection_options_are_found_in_every_field_and_token() {
         use super::ConnectionOptions;
-        use http::header::{HeaderMap, HeaderName, HeaderValue, CONNECTION};
+        use http::header::{HeaderMap, HeaderValue, CONNECTION};
         let named = |values: &[&str], name: &str| {
             let mut headers = HeaderMap::new();
             for v in values {
                 headers.append(CONNECTION, HeaderValue::from_str(v).unwrap());
             }
-            ConnectionOptions::of(&headers).names(&HeaderName::from_bytes(name.as_bytes()).unwrap())
+            ConnectionOptions::of((&headers).into()).names(name.as_bytes())
         };
         assert!(named(&["close"], "close"));
         assert!(!named(&["close"], "x-secret"));
         assert!(named(&["close, X-Secret"], "x-secret"));
         assert!(named(&[" , keep-alive ,x-a"], "x-a"));
         assert!(!named(&["host"], "host"), "Host is never dropped");
+        assert!(!named(&["Host"], "HOST"), "in any case");
+        assert!(named(&["x-a"], "X-A"), "names compared without case");
         // Tokens over several fields: the last field's are found too.
         let long = ["a, b", "c,d", "e", "close, X-Late"];
         for name in ["a", "d", "e", "close", "x-late"] {

@@ -2,7 +2,8 @@
 //! else the Host header; lower-cased, port and trailing dot removed, checked
 //! as nginx checks it.
 
-use http::{HeaderMap, Uri, Version};
+use super::fields::Fields;
+use http::{Uri, Version};
 
 #[derive(Debug, PartialEq, Eq)]
 pub enum HostError {
@@ -14,11 +15,11 @@ pub enum HostError {
 }
 
 /// The host to route by; `""` when an HTTP/1.0 request names none.
-pub fn request_host(uri: &Uri, headers: &HeaderMap, version: Version) -> Result<String, HostError> {
-    let mut hosts = headers.get_all(http::header::HOST).iter();
+pub fn request_host(uri: &Uri, headers: Fields<'_>, version: Version) -> Result<String, HostError> {
+    let mut hosts = headers.get_all(&http::header::HOST);
     if let Some(authority) = uri.authority() {
         // HTTP/1.1 needs a Host even with an absolute-form target (RFC 9112 3.2).
-        if version == Version::HTTP_11 && headers.get(http::header::HOST).is_none() {
+        if version == Version::HTTP_11 && !headers.contains(&http::header::HOST) {
             return Err(HostError::Missing);
         }
         if authority.as_str().contains('@') || !port_is_numeric(authority) {
@@ -27,7 +28,7 @@ pub fn request_host(uri: &Uri, headers: &HeaderMap, version: Version) -> Result<
         return normalize_host(authority.as_str().as_bytes());
     }
     match (hosts.next(), hosts.next()) {
-        (Some(h), None) => normalize_host(h.as_bytes()),
+        (Some(h), None) => normalize_host(h),
         (Some(_), Some(_)) => Err(HostError::Duplicate),
         (None, _) if version == Version::HTTP_10 || version == Version::HTTP_09 => {
             Ok(String::new())
@@ -131,9 +132,9 @@ mod tests {
     fn absolute_form_ports() {
         let host = |target: &str| {
             let uri: Uri = target.parse().unwrap();
-            let mut headers = HeaderMap::new();
+            let mut headers = http::HeaderMap::new();
             headers.insert(http::header::HOST, "a".parse().unwrap());
-            request_host(&uri, &headers, Version::HTTP_11)
+            request_host(&uri, (&headers).into(), Version::HTTP_11)
         };
         assert_eq!(host("http://a/p"), Ok("a".into()));
         assert_eq!(host("http://a:8080/p"), Ok("a".into()));

@@ -5,6 +5,7 @@
 //! most 10 times), access rules, and its action. The same function serves
 //! requests and `ginx explain`, which asks it for a trace.
 
+pub mod fields;
 pub mod host;
 pub mod path;
 pub mod vars;
@@ -12,7 +13,7 @@ pub mod vars;
 use crate::compile::actions::{ProxyPass, RewriteFlag};
 use crate::compile::locations::{CaptureValues, Found, LocationKind};
 use crate::compile::{access_allows, Action, Listener, Location, Server};
-use http::{HeaderMap, Method, StatusCode, Uri, Version};
+use http::{Method, StatusCode, Uri, Version};
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::sync::OnceLock;
@@ -23,7 +24,7 @@ pub struct RequestInfo<'a> {
     pub method: &'a Method,
     /// The request target as received.
     pub uri: &'a Uri,
-    pub headers: &'a HeaderMap,
+    pub headers: fields::Fields<'a>,
     pub version: Version,
     pub local: SocketAddr,
     pub remote: SocketAddr,

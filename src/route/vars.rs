@@ -1,5 +1,6 @@
 //! Expanding compiled templates against one request.
 
+use super::fields::Fields;
 use super::RequestInfo;
 use crate::compile::locations::CaptureValues;
 use crate::compile::template::{Part, Template, Var};
@@ -80,11 +81,11 @@ impl VarContext<'_> {
                 } else {
                     b", "
                 };
-                for (i, v) in req.headers.get_all(name).iter().enumerate() {
+                for (i, v) in req.headers.get_all(name).enumerate() {
                     if i > 0 {
                         out.extend_from_slice(separator);
                     }
-                    out.extend_from_slice(v.as_bytes());
+                    out.extend_from_slice(v);
                 }
             }
             Var::Cookie(name) => {
@@ -99,11 +100,11 @@ impl VarContext<'_> {
             }
             Var::ProxyAddXForwardedFor => {
                 let mut any = false;
-                for v in req.headers.get_all("x-forwarded-for").iter() {
+                for v in req.headers.get_all(&X_FORWARDED_FOR) {
                     if any {
                         out.extend_from_slice(b", ");
                     }
-                    out.extend_from_slice(v.as_bytes());
+                    out.extend_from_slice(v);
                     any = true;
                 }
                 if any {
@@ -144,9 +145,11 @@ pub fn find_arg<'a>(args: &'a [u8], name: &str) -> Option<&'a [u8]> {
     })
 }
 
-fn find_cookie<'a>(headers: &'a http::HeaderMap, name: &str) -> Option<&'a [u8]> {
-    headers.get_all(http::header::COOKIE).iter().find_map(|h| {
-        h.as_bytes().split(|b| *b == b';').find_map(|pair| {
+static X_FORWARDED_FOR: http::HeaderName = http::HeaderName::from_static("x-forwarded-for");
+
+fn find_cookie<'a>(headers: Fields<'a>, name: &str) -> Option<&'a [u8]> {
+    headers.get_all(&http::header::COOKIE).find_map(|h| {
+        h.split(|b| *b == b';').find_map(|pair| {
             let pair = pair.trim_ascii();
             let i = pair.iter().position(|b| *b == b'=')?;
             (&pair[..i] == name.as_bytes()).then(|| &pair[i + 1..])
@@ -200,7 +203,7 @@ mod tests {
             let req = crate::route::RequestInfo {
                 method: &http::Method::GET,
                 uri: &uri,
-                headers: &headers,
+                headers: (&headers).into(),
                 version: http::Version::HTTP_11,
                 local: addr,
                 remote: addr,

@@ -28,8 +28,9 @@ use super::body::ResponseBody;
 use super::conn::ConnState;
 use super::CloseWithoutAnswer;
 use crate::forward::PassedFields;
+use crate::route::fields::HeadFields;
 use bytes::{Bytes, BytesMut};
-use http::header::{self, HeaderMap, HeaderName, HeaderValue};
+use http::header::{self, HeaderName, HeaderValue};
 use http::{Method, Request, Response, StatusCode, Version};
 use http_body::Body;
 use std::future::Future;
@@ -86,9 +87,11 @@ pub enum End<I> {
     Handoff(Box<I>, BytesMut),
 }
 
-/// A request head served here.
+/// A request head served here: its fields are in `fields`, not in the
+/// parts' (empty) map (see `route::fields`).
 struct Head {
     parts: http::request::Parts,
+    fields: HeadFields,
     /// The client keeps the connection open after this request.
     keep_alive: bool,
 }
@@ -122,7 +125,7 @@ pub fn serve<I, H, F>(
 ) -> impl Future<Output = io::Result<End<I>>> + use<'_, I, H, F>
 where
     I: AsyncRead + AsyncWrite + Unpin,
-    H: FnMut(http::request::Parts) -> F,
+    H: FnMut(http::request::Parts, HeadFields) -> F,
     F: Future<Output = Result<Response<ResponseBody>, CloseWithoutAnswer>>,
 {
     async move {
@@ -164,9 +167,13 @@ where
             // storage ends here rather than being kept in this future across
             // the awaits below.
             let (handling, method, version, mut keep_alive) = {
-                let Head { parts, keep_alive } = head;
+                let Head {
+                    parts,
+                    fields,
+                    keep_alive,
+                } = head;
                 let (method, version) = (parts.method.clone(), parts.version);
-                (handle(parts), method, version, keep_alive)
+                (handle(parts, fields), method, version, keep_alive)
             };
             // In a block, so that neither the handler's future nor the
             // answer's first place is kept while the response is written.
@@ -241,11 +248,8 @@ fn poll_fill<I: AsyncRead + Unpin>(
 /// taken out of it, and `buf` keeps what follows. A head longer than
 /// `max_head` is hyper's (to refuse).
 fn parse_request(buf: &mut BytesMut, max_head: usize) -> Parsed {
-    // Offsets of each field's name and value in the head: the map is built
-    // from slices of one shared buffer rather than from copies.
-    let mut spans = crate::forward::Spans::<MAX_FIELDS>::new();
     let mut framing = Fields::default();
-    let (len, method, path, version) = {
+    let (len, method, path, version, spans) = {
         let mut fields = [const { MaybeUninit::uninit() }; MAX_FIELDS];
         let mut request = httparse::Request::new(&mut []);
         let parsed = httparse::ParserConfig::default().parse_request_with_uninit_headers(
@@ -276,6 +280,9 @@ fn parse_request(buf: &mut BytesMut, max_head: usize) -> Parsed {
             _ => Version::HTTP_11,
         };
         framing.keep_alive = version == Version::HTTP_11;
+        // Offsets of each field's name and value in the head: the request's
+        // fields are slices of one shared buffer rather than copies.
+        let mut spans = Vec::with_capacity(request.headers.len());
         for field in request.headers.iter() {
             if !framing.note(field.name.as_bytes(), field.value) {
                 return Parsed::Other;
@@ -283,35 +290,24 @@ fn parse_request(buf: &mut BytesMut, max_head: usize) -> Parsed {
             spans.push(crate::forward::field_span(buf, field));
         }
         let path_at = path.as_ptr() as usize - buf.as_ptr() as usize;
-        (len, method, path_at..path_at + path.len(), version)
+        (len, method, path_at..path_at + path.len(), version, spans)
     };
     let head = buf.split_to(len).freeze();
-    let Some(headers) = header_map(&head, spans.as_slice()) else {
-        return give_back(buf, head);
-    };
     let Ok(uri) = http::Uri::from_maybe_shared(head.slice(path)) else {
         return give_back(buf, head); // hyper answers 400
     };
+    // httparse admits exactly the names and values a header map does
+    // (tokens; no control byte but tab, no DEL), as `HeadFields` needs.
+    let fields = HeadFields::new(head, spans);
     let (mut parts, ()) = Request::new(()).into_parts();
     parts.method = method;
     parts.uri = uri;
     parts.version = version;
-    parts.headers = headers;
     Parsed::Simple(Head {
         parts,
+        fields,
         keep_alive: framing.keep_alive,
     })
-}
-
-/// The fields of a head, as slices of it.
-fn header_map(head: &Bytes, spans: &[crate::forward::Span]) -> Option<HeaderMap> {
-    let mut headers = HeaderMap::with_capacity(spans.len());
-    for &(ns, ne, vs, ve) in spans {
-        let name = HeaderName::from_bytes(&head[ns as usize..ne as usize]).ok()?;
-        let value = HeaderValue::from_maybe_shared(head.slice(vs as usize..ve as usize)).ok()?;
-        headers.append(name, value);
-    }
-    Some(headers)
 }
 
 /// A head taken out of `buf` turned out to be hyper's: put it back in front.

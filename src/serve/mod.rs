@@ -21,6 +21,7 @@ use crate::access_log::{AccessLog, Entry};
 use crate::balance::PeerRegistry;
 use crate::compile::{AccessLogTarget, Config};
 use crate::forward::{self, ClientRegistry, UpstreamReport, UpstreamRuntime};
+use crate::route::fields::{Fields, HeadFields};
 use crate::route::{self, Outcome, RequestInfo};
 use arc_swap::ArcSwap;
 use body::ResponseBody;
@@ -694,8 +695,17 @@ async fn drive<I>(
             let body = body::ClientBody::Right(h2::StreamBody::new(recv, &parts.headers));
             // Boxed, as hyper's (see `handle_request`): a stream's future
             // is moved into the connection's set of streams.
-            let handling =
-                boxed(|| handle(shared.clone(), state.clone(), info, parts, Some(body), None));
+            let handling = boxed(|| {
+                handle(
+                    shared.clone(),
+                    state.clone(),
+                    info,
+                    parts,
+                    None,
+                    Some(body),
+                    None,
+                )
+            });
             h2::answer(handling, respond)
         }
     };
@@ -778,9 +788,19 @@ where
     I: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin,
 {
     async move {
-        let handler = |parts| {
+        let handler = |parts, fields| {
             // Boxed, as hyper's (see `handle_request`).
-            boxed(|| handle(shared.clone(), state.clone(), info, parts, None, None))
+            boxed(|| {
+                handle(
+                    shared.clone(),
+                    state.clone(),
+                    info,
+                    parts,
+                    Some(fields),
+                    None,
+                    None,
+                )
+            })
         };
         // A plain connection's head limit is max_header_size: a larger head
         // goes to hyper, and the client wrapper refuses it then (414 / 431).
@@ -1163,7 +1183,8 @@ fn handle_request(
     mut req: Request<Incoming>,
 ) -> impl Future<Output = Result<Response<ResponseBody>, CloseWithoutAnswer>> {
     // An upgrade request (WebSocket) keeps its hook for after the 101.
-    let upgrade = forward::wants_upgrade(req.headers()).then(|| hyper::upgrade::on(&mut req));
+    let upgrade =
+        forward::wants_upgrade(req.headers().into()).then(|| hyper::upgrade::on(&mut req));
     let (parts, body) = req.into_parts();
     // `handle`'s own future, not one around it holding the request too.
     handle(
@@ -1171,13 +1192,16 @@ fn handle_request(
         state,
         info,
         parts,
+        None,
         Some(body::ClientBody::Left(body)),
         upgrade,
     )
 }
 
-/// A request from either server side: hyper's (`body` is its body) or
-/// ginx's own HTTP/1 one (no body; see `h1`).
+/// A request from either server side: hyper's (`body` is its body; the
+/// fields in the parts' map) or ginx's own HTTP/1 one (no body; the fields
+/// where they stand in the head, `head_fields`, and the parts' map empty:
+/// see `route::fields`).
 ///
 /// A plain function returning an `async move` block, as are the other
 /// futures made per request or per connection here and in `h1`: an `async
@@ -1190,10 +1214,15 @@ fn handle(
     state: Arc<ConnState>,
     info: ConnInfo,
     parts: http::request::Parts,
+    head_fields: Option<HeadFields>,
     body: Option<body::ClientBody>,
     upgrade: Option<hyper::upgrade::OnUpgrade>,
 ) -> impl Future<Output = Result<Response<ResponseBody>, CloseWithoutAnswer>> {
     async move {
+        let fields = match &head_fields {
+            Some(head) => Fields::Head(head),
+            None => Fields::Map(&parts.headers),
+        };
         let (in_flight, request_number) = body::FinishGuard::start(state.clone());
         let generation = shared.current();
         // The request's time is for the access log only: no clock read without it.
@@ -1206,6 +1235,7 @@ fn handle(
             &state,
             info,
             &parts,
+            fields,
             body,
             upgrade,
             request_number,
@@ -1242,6 +1272,7 @@ fn respond<'a>(
     conn_state: &'a ConnState,
     conn: ConnInfo,
     parts: &'a http::request::Parts,
+    fields: Fields<'a>,
     body: Option<body::ClientBody>,
     upgrade: Option<hyper::upgrade::OnUpgrade>,
     request_number: u64,
@@ -1255,10 +1286,9 @@ fn respond<'a>(
         let config = &generation.config;
         if config.settings.access_log != AccessLogTarget::Off {
             let header = |name: http::header::HeaderName| {
-                parts
-                    .headers
-                    .get(name)
-                    .and_then(|v| v.to_str().ok())
+                fields
+                    .get(&name)
+                    .and_then(route::fields::visible_str)
                     .unwrap_or("")
                     .to_string()
             };
@@ -1283,7 +1313,7 @@ fn respond<'a>(
         let info = RequestInfo {
             method: &parts.method,
             uri: &parts.uri,
-            headers: &parts.headers,
+            headers: fields,
             version: parts.version,
             local: conn.local,
             remote: conn.remote,

@@ -790,23 +790,37 @@ fn connection_options(headers: &HeaderMap) -> Vec<HeaderName> {
 /// they stand: `connection_options` without a HeaderName made per token
 /// (a copy for each that is not a standard name, `close` among them) or a
 /// list to hold them: about 700 instructions for a `Connection: close`.
-struct ConnectionOptions<'a>(Fields<'a>);
+/// The one Connection field most requests have is found once, not at each
+/// field asked about, and its tokens are compared as bytes.
+enum ConnectionOptions<'a> {
+    /// The value of the only Connection field (empty without one).
+    One(&'a [u8]),
+    /// Several Connection fields: each is read.
+    Many(Fields<'a>),
+}
 
 impl<'a> ConnectionOptions<'a> {
     fn of(headers: Fields<'a>) -> Self {
-        ConnectionOptions(headers)
+        let mut values = headers.get_all(&header::CONNECTION);
+        match (values.next(), values.next()) {
+            (first, None) => ConnectionOptions::One(first.unwrap_or_default()),
+            _ => ConnectionOptions::Many(headers),
+        }
     }
 
     /// `name` (in any case) is among them (Host never is: it is not the
     /// client's to drop).
     fn names(&self, name: &[u8]) -> bool {
+        let lists = |value: &[u8]| {
+            value
+                .split(|&b| b == b',')
+                .any(|token| token.trim_ascii().eq_ignore_ascii_case(name))
+        };
         !is_named(name, b"host")
-            && self
-                .0
-                .get_all(&header::CONNECTION)
-                .filter_map(visible_str)
-                .flat_map(|v| v.split(','))
-                .any(|t| t.trim().as_bytes().eq_ignore_ascii_case(name))
+            && match self {
+                ConnectionOptions::One(value) => lists(value),
+                ConnectionOptions::Many(fields) => fields.get_all(&header::CONNECTION).any(lists),
+            }
     }
 }
 
@@ -1123,18 +1137,24 @@ impl<'a> SeenFields<'a> {
 fn write_ip(out: &mut Vec<u8>, ip: std::net::IpAddr) {
     match ip {
         std::net::IpAddr::V4(v4) => {
-            for (i, octet) in v4.octets().into_iter().enumerate() {
-                if i > 0 {
-                    out.push(b'.');
-                }
+            // Into a buffer of the longest text's size, then one copy: a
+            // push a digit checked the vector's room each time (14 of a
+            // request's code lines).
+            let mut text = [b'.'; 15];
+            let mut len = 0;
+            for octet in v4.octets() {
                 if octet >= 100 {
-                    out.push(b'0' + octet / 100);
+                    text[len] = b'0' + octet / 100;
+                    len += 1;
                 }
                 if octet >= 10 {
-                    out.push(b'0' + octet / 10 % 10);
+                    text[len] = b'0' + octet / 10 % 10;
+                    len += 1;
                 }
-                out.push(b'0' + octet % 10);
+                text[len] = b'0' + octet % 10;
+                len += 2; // past the dot that follows
             }
+            out.extend_from_slice(&text[..len - 1]);
         }
         std::net::IpAddr::V6(_) => out.extend_from_slice(ip.to_string().as_bytes()),
     }

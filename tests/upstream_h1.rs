@@ -1086,3 +1086,39 @@ async fn a_bodiless_request_goes_up_with_its_fields_as_the_client_spelled_them()
     assert_eq!(named("x-forwarded-for"), 1, "{sent:?}");
     gw.stop().await;
 }
+
+#[tokio::test]
+async fn read_timeout_counts_from_each_request_on_a_kept_connection() {
+    // One upstream connection, read_timeout 1 s. The second request starts
+    // 0.8 s after the first and is answered 0.5 s later: past the first
+    // request's deadline, within its own. The third is answered only after
+    // 1.6 s: 504 at its own deadline, not at once.
+    let up = raw_upstream(|req| match req.nth {
+        1 => vec![write(ok(&whoami(req), ""))],
+        2 => vec![pause(500), write(ok(&whoami(req), ""))],
+        _ => vec![pause(1_600), write(ok(&whoami(req), ""))],
+    })
+    .await;
+    let gw = gateway(up.addr, "read_timeout: 1s").await;
+    let first = fetch(gw.addr(0), "GET", "/1").await;
+    assert_eq!(
+        (first.status, first.text().as_str()),
+        (200, "conn=1 nth=1 GET /1")
+    );
+    tokio::time::sleep(Duration::from_millis(800)).await;
+    let second = fetch(gw.addr(0), "GET", "/2").await;
+    assert_eq!(
+        (second.status, second.text().as_str()),
+        (200, "conn=1 nth=2 GET /2")
+    );
+    let asked = Instant::now();
+    let third = fetch(gw.addr(0), "GET", "/3").await;
+    assert_eq!(third.status, 504, "{}", third.text());
+    assert!(
+        asked.elapsed() >= Duration::from_millis(900),
+        "504 after {:?}, before the third request's own read_timeout",
+        asked.elapsed()
+    );
+    assert_eq!(up.accepted(), 1);
+    gw.stop().await;
+}

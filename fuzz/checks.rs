@@ -1295,16 +1295,20 @@ pub fn upstream_request(data: &[u8]) {
     // the head itself: the same fields, values and body as hyper's, in
     // whatever order.
     if held_whole && upgrade.is_none() {
-        let mut native = Vec::new();
-        ginx::forward::write_upstream_request(
-            &mut native,
-            &info,
-            &routed,
-            location,
-            pq.as_str(),
-            UPSTREAM_AUTHORITY,
-            &sent_body,
-        );
+        let write_native = |info: &RequestInfo<'_>, routed: &Routed<'_>| {
+            let mut out = Vec::new();
+            ginx::forward::write_upstream_request(
+                &mut out,
+                info,
+                routed,
+                location,
+                pq.as_str(),
+                UPSTREAM_AUTHORITY,
+                &sent_body,
+            );
+            out
+        };
+        let native = write_native(&info, &routed);
         let native_what = || {
             format!(
                 "{}\nwritten by the native client {:?}",
@@ -1359,16 +1363,7 @@ pub fn upstream_request(data: &[u8]) {
         };
         let head_routed = ginx::route::route(listener, &head_info, None);
         assert_same_routing(&routed, &head_routed, "a map and the head's fields", false);
-        let mut from_head = Vec::new();
-        ginx::forward::write_upstream_request(
-            &mut from_head,
-            &head_info,
-            &head_routed,
-            location,
-            pq.as_str(),
-            UPSTREAM_AUTHORITY,
-            &sent_body,
-        );
+        let from_head = write_native(&head_info, &head_routed);
         let mut slots = [httparse::EMPTY_HEADER; 512];
         let mut again = httparse::Request::new(&mut slots);
         let again_len = match again.parse(&from_head) {

@@ -738,7 +738,7 @@ enum FieldKind {
 }
 
 impl FieldKind {
-    #[inline]
+    #[inline(always)]
     fn of(name: &[u8]) -> FieldKind {
         let is = |wanted: &[u8]| name.eq_ignore_ascii_case(wanted);
         match name.len() {

@@ -36,6 +36,7 @@ impl HeadFields {
         }
     }
 
+    #[inline(always)]
     fn field(&self, &(ns, ne, vs, ve): &Span) -> (&[u8], &[u8]) {
         (
             &self.head[ns as usize..ne as usize],
@@ -152,7 +153,7 @@ pub enum Values<'a, 'n> {
 impl<'a> Iterator for Values<'a, '_> {
     type Item = &'a [u8];
 
-    #[inline]
+    #[inline(always)]
     fn next(&mut self) -> Option<&'a [u8]> {
         match self {
             Values::Map(values) => values.next().map(HeaderValue::as_bytes),
@@ -174,7 +175,7 @@ pub enum FieldIter<'a> {
 impl<'a> Iterator for FieldIter<'a> {
     type Item = (&'a [u8], &'a [u8]);
 
-    #[inline]
+    #[inline(always)]
     fn next(&mut self) -> Option<Self::Item> {
         match self {
             FieldIter::Map(fields) => fields

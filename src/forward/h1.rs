@@ -603,10 +603,11 @@ async fn exchange(
 ///
 /// `tokio::time::timeout` made a timer a request: put into tokio's timer
 /// wheel when the head did not come at once (a lock, an insert), taken out
-/// when it came (a lock, a removal); about 300 instructions and 40 lines of
+/// when it came (a lock, a removal); about 250 instructions and 40 lines of
 /// code a proxied request. This one is made once, at the connection's first
-/// wait, and each later deadline (always later: a request starts after the
-/// last) moves it forward, which tokio does with one atomic store while the
+/// wait, and each later deadline (later, as a request starts after the last,
+/// unless a reload shortened read_timeout: tokio then moves it back in the
+/// wheel) moves it forward, which tokio does with one atomic store while the
 /// timer is in the wheel; it fires at the old deadline at most once and is
 /// put back for the new one. Between requests it stays in the wheel,
 /// holding the waker of the task that last waited on it; the next wait

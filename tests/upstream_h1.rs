@@ -1122,3 +1122,38 @@ async fn read_timeout_counts_from_each_request_on_a_kept_connection() {
     assert_eq!(up.accepted(), 1);
     gw.stop().await;
 }
+
+#[tokio::test]
+async fn a_reload_that_shortens_read_timeout_holds_on_a_kept_connection() {
+    // The kept connection's timer was set for the old read_timeout (10 s);
+    // after a reload to 300 ms the next wait must end at 300 ms (504), not
+    // when the upstream answers at 1.5 s.
+    let up = raw_upstream(|req| match req.nth {
+        1 => vec![write(ok(&whoami(req), ""))],
+        _ => vec![pause(1_500), write(ok(&whoami(req), ""))],
+    })
+    .await;
+    let gw = gateway(up.addr, "read_timeout: 10s").await;
+    let first = fetch(gw.addr(0), "GET", "/1").await;
+    assert_eq!(first.status, 200, "{}", first.text());
+    let main = gw.dir.path().join("ginx.yaml");
+    let shorter = std::fs::read_to_string(&main)
+        .unwrap()
+        .replace("read_timeout: 10s", "read_timeout: 300ms");
+    std::fs::write(&main, shorter).unwrap();
+    let shared = gw.running.as_ref().unwrap().shared.clone();
+    assert!(
+        ginx::reload::reload(&shared, &main, "test").await,
+        "the reload was refused"
+    );
+    let asked = Instant::now();
+    let second = fetch(gw.addr(0), "GET", "/2").await;
+    assert_eq!(second.status, 504, "{}", second.text());
+    assert!(
+        asked.elapsed() < Duration::from_millis(1_400),
+        "504 after {:?}: the old deadline held",
+        asked.elapsed()
+    );
+    assert_eq!(up.accepted(), 1, "the kept connection was not the one used");
+    gw.stop().await;
+}

@@ -14,7 +14,7 @@ use bytes::Bytes;
 use ginx::compile::actions::compile_regex;
 use ginx::compile::locations::{Found, LocationKey, LocationKind, LocationTable};
 use ginx::compile::{Action, Config, Listener, Server};
-use ginx::route::fields::{Fields, HeadFields};
+use ginx::route::fields::{field_span, Fields, HeadFields};
 use ginx::route::path::{self, PathError};
 use ginx::route::{Outcome, RequestInfo, Routed};
 use http::header::{self, HeaderMap, HeaderName, HeaderValue};
@@ -1388,15 +1388,7 @@ fn head_fields_of(data: &[u8]) -> HeadFields {
     let mut slots = [httparse::EMPTY_HEADER; 256];
     let mut req = httparse::Request::new(&mut slots);
     req.parse(&head).expect("parsed before");
-    let at = |s: &[u8]| (s.as_ptr() as usize - head.as_ptr() as usize) as u32;
-    let spans: Vec<_> = req
-        .headers
-        .iter()
-        .map(|h| {
-            let (n, v) = (at(h.name.as_bytes()), at(h.value));
-            (n, n + h.name.len() as u32, v, v + h.value.len() as u32)
-        })
-        .collect();
+    let spans: Vec<_> = req.headers.iter().map(|h| field_span(&head, h)).collect();
     HeadFields::new(head.clone(), spans)
 }
 

@@ -903,7 +903,7 @@ fn append_field(
     Ok(())
 }
 
-pub(crate) use crate::route::fields::Span;
+pub(crate) use crate::route::fields::{field_span, Span};
 
 /// The spans of a head's fields, in order, up to `N` of them (httparse's
 /// own limit for that head). Filled only as far as the head has fields:
@@ -1004,31 +1004,8 @@ impl PassedFields {
     /// Into a header map, for writers that need one.
     pub fn append_to(&self, headers: &mut HeaderMap) {
         headers.reserve(self.len + ROOM_AFTER);
-        for &(ns, ne, vs, ve) in &self.fields[..self.len] {
-            let name = HeaderName::from_bytes(&self.head[ns as usize..ne as usize]);
-            let value = HeaderValue::from_maybe_shared(self.head.slice(vs as usize..ve as usize));
-            // Checked by httparse (see above); a field a map would refuse
-            // anyway is left out rather than panicking.
-            if let (Ok(name), Ok(value)) = (name, value) {
-                headers.append(name, value);
-            }
-        }
+        crate::route::fields::append_spans(headers, &self.head, &self.fields[..self.len]);
     }
-}
-
-/// Where a field's name and value lie in `head` (httparse gives slices of
-/// it): start and end of each, so that the field can be cut out of the head
-/// once it is frozen, without a copy. Shared with the server side.
-pub(crate) fn field_span(head: &[u8], field: &httparse::Header<'_>) -> Span {
-    let base = head.as_ptr() as usize;
-    let name_at = (field.name.as_ptr() as usize - base) as u32;
-    let value_at = (field.value.as_ptr() as usize - base) as u32;
-    (
-        name_at,
-        name_at + field.name.len() as u32,
-        value_at,
-        value_at + field.value.len() as u32,
-    )
 }
 
 /// Note what Content-Length, Transfer-Encoding and Connection say.

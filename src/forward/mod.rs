@@ -33,9 +33,9 @@ use std::task::{Context, Poll};
 use std::time::{Duration, Instant};
 
 mod h1;
-pub use h1::PassedFields;
 /// For the server side's head parse and writing (`serve::h1`).
-pub(crate) use h1::{field_span, parse_decimal};
+pub(crate) use h1::parse_decimal;
+pub use h1::PassedFields;
 
 pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
 
@@ -360,10 +360,10 @@ pub async fn forward(
     let read_timeout = location.proxy_read_timeout.unwrap_or(upstream.read_timeout);
     let send_timeout = location.proxy_send_timeout.unwrap_or(upstream.send_timeout);
 
-    // Without a body the request came from ginx's own HTTP/1 side, which
-    // writes an upstream's fields from its head (`h1::PassedFields`); the
-    // other writers want a map, built as the head is read.
-    let pass_fields = body.is_none();
+    // Fields read in place: the request came from ginx's own HTTP/1 side,
+    // which writes an upstream's fields from its head (`h1::PassedFields`);
+    // the other writers want a map, built as the head is read.
+    let pass_fields = matches!(info.headers, Fields::Head(_));
     let mut body = read_request_body(info, location, body).await?;
     let upgrade = client_upgrade.and_then(|on| upgrade_protocol(info.headers).map(|p| (on, p)));
     let protocol = upgrade.as_ref().map(|(_, p)| p.clone());
@@ -986,10 +986,13 @@ pub fn write_upstream_request(
             .filter(|(_, v)| v.iter().all(|&b| (b >= 0x20 && b != 0x7f) || b == b'\t'))
             .collect()
     };
+    // A client's field (any case), and one of ginx's own, set by the
+    // configuration.
     let is_set = |name: &[u8]| {
         set.iter()
             .any(|(n, _)| is_named(name, n.as_str().as_bytes()))
     };
+    let own_is_set = |name: &HeaderName| set.iter().any(|(n, _)| *n == name);
     let seen = SeenFields::of(client);
     let cleaning = seen.cleaning;
     // Looked up only when a hop-by-hop field is there (Connection is one).
@@ -1041,7 +1044,7 @@ pub fn write_upstream_request(
             .host
             .or_else(|| info.uri.authority().map(|a| a.as_str().as_bytes())),
     };
-    if !is_set(b"host") {
+    if !own_is_set(&header::HOST) {
         match (absolute, seen.hosts) {
             (None, 2..) => {
                 for v in client.get_all(&header::HOST) {
@@ -1056,10 +1059,10 @@ pub fn write_upstream_request(
         }
         host_written = first_host.is_some();
     }
-    if seen.te && accepts_trailers(client) && !is_set(b"te") {
+    if seen.te && accepts_trailers(client) && !own_is_set(&header::TE) {
         w.field(b"te", b"trailers");
     }
-    if !is_set(X_FORWARDED_FOR.as_str().as_bytes()) {
+    if !own_is_set(&X_FORWARDED_FOR) {
         w.field_with(b"x-forwarded-for", |out| {
             if seen.forwarded_for {
                 for v in client.get_all(&X_FORWARDED_FOR) {
@@ -1070,10 +1073,10 @@ pub fn write_upstream_request(
             write_ip(out, info.remote.ip());
         });
     }
-    if !is_set(X_FORWARDED_PROTO.as_str().as_bytes()) {
+    if !own_is_set(&X_FORWARDED_PROTO) {
         w.field(b"x-forwarded-proto", info.scheme().as_bytes());
     }
-    if let (Some(h), false) = (first_host, is_set(X_FORWARDED_HOST.as_str().as_bytes())) {
+    if let (Some(h), false) = (first_host, own_is_set(&X_FORWARDED_HOST)) {
         w.field(b"x-forwarded-host", h);
     }
     for (name, value) in &set {

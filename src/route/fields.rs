@@ -8,13 +8,34 @@
 //! after. Routing, variables and the native client's writer read a few
 //! fields by name and walk the rest once; a scan of a short list does that
 //! with none of it. A map is still built from the head for the writers
-//! that need one (hyper-util's client, for HTTP/2 or TLS upstreams).
+//! that need one (hyper-util's client, for HTTP/2 upstreams and TLS ones
+//! the native client does not take).
+//!
+//! Which variant a request has also tells which server side read it:
+//! `Head` is ginx's own HTTP/1 side, which writes an upstream's response
+//! fields straight from its head (`forward::PassedFields`).
 
 use bytes::Bytes;
 use http::header::{HeaderMap, HeaderName, HeaderValue, Iter, ValueIter};
 
 /// Start and end of a field's name, then of its value, in its head.
 pub type Span = (u32, u32, u32, u32);
+
+/// Where a field's name and value lie in `head` (httparse gives slices of
+/// it): start and end of each, so that the field can be cut out of the head
+/// once it is frozen, without a copy. For both sides' head parsers (and the
+/// fuzz checks that make `HeadFields` as ginx's HTTP/1 side does).
+pub fn field_span(head: &[u8], field: &httparse::Header<'_>) -> Span {
+    let base = head.as_ptr() as usize;
+    let name_at = (field.name.as_ptr() as usize - base) as u32;
+    let value_at = (field.value.as_ptr() as usize - base) as u32;
+    (
+        name_at,
+        name_at + field.name.len() as u32,
+        value_at,
+        value_at + field.value.len() as u32,
+    )
+}
 
 /// The fields of a request head, in the client's order and spelling:
 /// slices of the head. Names are tokens (httparse admits no other) and
@@ -124,18 +145,23 @@ impl<'a> Fields<'a> {
             Fields::Map(map) => map.clone(),
             Fields::Head(head) => {
                 let mut map = HeaderMap::with_capacity(head.spans.len());
-                for &(ns, ne, vs, ve) in head.spans.iter() {
-                    let name = HeaderName::from_bytes(&head.head[ns as usize..ne as usize]);
-                    let value =
-                        HeaderValue::from_maybe_shared(head.head.slice(vs as usize..ve as usize));
-                    // Checked when the head was read (see `HeadFields`); a
-                    // field a map would refuse is left out, not a panic.
-                    if let (Ok(name), Ok(value)) = (name, value) {
-                        map.append(name, value);
-                    }
-                }
+                append_spans(&mut map, &head.head, &head.spans);
                 map
             }
+        }
+    }
+}
+
+/// Append to `map` the fields at `spans` of `head`, values as slices of it
+/// (no copy). The fields were checked when the head was read (httparse
+/// admits only what a map takes); one a map would refuse all the same is
+/// left out, not a panic. Shared with `forward::PassedFields`.
+pub(crate) fn append_spans(map: &mut HeaderMap, head: &Bytes, spans: &[Span]) {
+    for &(ns, ne, vs, ve) in spans {
+        let name = HeaderName::from_bytes(&head[ns as usize..ne as usize]);
+        let value = HeaderValue::from_maybe_shared(head.slice(vs as usize..ve as usize));
+        if let (Ok(name), Ok(value)) = (name, value) {
+            map.append(name, value);
         }
     }
 }
@@ -196,8 +222,6 @@ mod tests {
         let mut slots = [httparse::EMPTY_HEADER; 16];
         let mut req = httparse::Request::new(&mut slots);
         req.parse(raw).unwrap();
-        let base = raw.as_ptr() as usize;
-        let at = |s: &[u8]| (s.as_ptr() as usize - base) as u32;
         let mut map = HeaderMap::new();
         let mut spans = Vec::new();
         for h in req.headers.iter() {
@@ -205,8 +229,7 @@ mod tests {
                 HeaderName::from_bytes(h.name.as_bytes()).unwrap(),
                 HeaderValue::from_bytes(h.value).unwrap(),
             );
-            let (n, v) = (at(h.name.as_bytes()), at(h.value));
-            spans.push((n, n + h.name.len() as u32, v, v + h.value.len() as u32));
+            spans.push(field_span(raw, h));
         }
         (map, HeadFields::new(Bytes::from_static(raw), spans))
     }

@@ -287,7 +287,7 @@ fn parse_request(buf: &mut BytesMut, max_head: usize) -> Parsed {
             if !framing.note(field.name.as_bytes(), field.value) {
                 return Parsed::Other;
             }
-            spans.push(crate::forward::field_span(buf, field));
+            spans.push(crate::route::fields::field_span(buf, field));
         }
         let path_at = path.as_ptr() as usize - buf.as_ptr() as usize;
         (len, method, path_at..path_at + path.len(), version, spans)

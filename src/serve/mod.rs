@@ -1279,10 +1279,10 @@ fn respond<'a>(
     entry: &'a mut Entry,
 ) -> impl Future<Output = Option<Response<ResponseBody>>> + use<'a> {
     async move {
-        // ginx's own HTTP/1 side (the one without a body here) writes an
+        // ginx's own HTTP/1 side (fields read in place) writes an
         // upstream's fields from its head, and Server; hyper's and HTTP/2
         // take them in the response's map (`respond::finish_headers`).
-        let fields_in_map = body.is_some();
+        let fields_in_map = matches!(fields, Fields::Map(_));
         let config = &generation.config;
         if config.settings.access_log != AccessLogTarget::Off {
             let header = |name: http::header::HeaderName| {

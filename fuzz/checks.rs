@@ -660,11 +660,11 @@ fn assert_same_routing(a: &Routed<'_>, b: &Routed<'_>, what: &str, upstream_norm
                 (path::normalize(p), q)
             };
             assert_eq!(
-                split(x),
-                split(y),
+                split(x.as_bytes()),
+                split(y.as_bytes()),
                 "{what}: upstream URIs {:?} and {:?} differ once normalised",
-                String::from_utf8_lossy(x),
-                String::from_utf8_lossy(y)
+                String::from_utf8_lossy(x.as_bytes()),
+                String::from_utf8_lossy(y.as_bytes())
             );
         }
         (x, y) => assert_eq!(x, y, "{what}: another outcome"),
@@ -1094,10 +1094,10 @@ pub fn upstream_request(data: &[u8]) {
         headers.insert(header::CONNECTION, HeaderValue::from_static("upgrade"));
         headers.insert(header::UPGRADE, protocol.clone());
     }
-    let pq = http::uri::PathAndQuery::try_from(upstream_uri.as_slice()).unwrap_or_else(|e| {
+    let pq = http::uri::PathAndQuery::try_from(upstream_uri.as_bytes()).unwrap_or_else(|e| {
         panic!(
             "ginx built an upstream URI {:?} that is not a valid path and query: {e}",
-            String::from_utf8_lossy(upstream_uri)
+            String::from_utf8_lossy(upstream_uri.as_bytes())
         )
     });
     let mut uri = http::uri::Parts::default();

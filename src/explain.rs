@@ -151,7 +151,7 @@ pub fn explain(config: &Config, request: &ExplainRequest) -> Result<String, Stri
                 "proxy_pass {} sends {} {}",
                 pass.source,
                 request.method,
-                String::from_utf8_lossy(uri)
+                String::from_utf8_lossy(uri.as_bytes())
             );
             match &pass.target {
                 crate::compile::actions::ProxyTarget::Upstream { name, .. } => {

@@ -139,6 +139,14 @@ impl<'a> Fields<'a> {
         }
     }
 
+    /// How long the request's head was, when the fields are read in place.
+    pub fn head_len(self) -> Option<usize> {
+        match self {
+            Fields::Map(_) => None,
+            Fields::Head(head) => Some(head.head.len()),
+        }
+    }
+
     /// A header map of these fields, for writers that need one.
     pub fn to_map(self) -> HeaderMap {
         match self {

@@ -63,7 +63,7 @@ pub enum Outcome {
         location: Vec<u8>,
     },
     /// Forward to the location's proxy_pass with this path and query.
-    Proxy { uri: Vec<u8> },
+    Proxy { uri: UpstreamUri },
     /// `return 444`: close the connection without an answer, as nginx.
     Close,
     /// An answer ginx makes itself (400, 403, 404, 500), with the reason for the log.
@@ -71,6 +71,48 @@ pub enum Outcome {
         status: StatusCode,
         reason: &'static str,
     },
+}
+
+/// The path and query sent upstream.
+#[derive(Clone)]
+pub enum UpstreamUri {
+    /// The client's, exactly as sent (most requests): shared with the
+    /// request's head, not copied.
+    AsSent(http::uri::PathAndQuery),
+    /// Made by the location's rules: a URI part, a rewrite.
+    Built(Vec<u8>),
+}
+
+impl UpstreamUri {
+    pub fn as_bytes(&self) -> &[u8] {
+        match self {
+            UpstreamUri::AsSent(p) => p.as_str().as_bytes(),
+            UpstreamUri::Built(v) => v,
+        }
+    }
+
+    /// As the `http` crate's type: a built one is checked here, since a
+    /// rewrite may have put in it what a request target cannot hold.
+    pub fn to_path_and_query(&self) -> Result<http::uri::PathAndQuery, http::uri::InvalidUri> {
+        match self {
+            UpstreamUri::AsSent(p) => Ok(p.clone()),
+            UpstreamUri::Built(v) => http::uri::PathAndQuery::try_from(v.as_slice()),
+        }
+    }
+}
+
+impl PartialEq for UpstreamUri {
+    fn eq(&self, other: &Self) -> bool {
+        self.as_bytes() == other.as_bytes()
+    }
+}
+
+impl Eq for UpstreamUri {}
+
+impl std::fmt::Debug for UpstreamUri {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{:?}", String::from_utf8_lossy(self.as_bytes()))
+    }
 }
 
 /// The result of routing one request.
@@ -473,13 +515,13 @@ fn upstream_uri(
     location: &Location,
     pass: &ProxyPass,
     vars: &RouteVars,
-) -> Vec<u8> {
+) -> UpstreamUri {
     let with_args = |mut out: Vec<u8>| {
         if !vars.args.is_empty() {
             out.push(b'?');
             out.extend_from_slice(&vars.args);
         }
-        out
+        UpstreamUri::Built(out)
     };
     match (&pass.uri, location.kind) {
         (
@@ -496,11 +538,14 @@ fn upstream_uri(
             path::encode_path_into(&vars.uri, &mut out);
             with_args(out)
         }
-        _ => {
-            let mut out = Vec::new();
-            req.append_request_uri(&mut out);
-            out
-        }
+        _ => match req.uri.path_and_query() {
+            Some(p) if p.as_str().starts_with(['/', '*']) => UpstreamUri::AsSent(p.clone()),
+            _ => {
+                let mut out = Vec::new();
+                req.append_request_uri(&mut out);
+                UpstreamUri::Built(out)
+            }
+        },
     }
 }
 

@@ -4,6 +4,7 @@
 
 use super::fields::Fields;
 use http::{Uri, Version};
+use std::borrow::Cow;
 
 #[derive(Debug, PartialEq, Eq)]
 pub enum HostError {
@@ -15,7 +16,11 @@ pub enum HostError {
 }
 
 /// The host to route by; `""` when an HTTP/1.0 request names none.
-pub fn request_host(uri: &Uri, headers: Fields<'_>, version: Version) -> Result<String, HostError> {
+pub fn request_host<'a>(
+    uri: &'a Uri,
+    headers: Fields<'a>,
+    version: Version,
+) -> Result<Cow<'a, str>, HostError> {
     let mut hosts = headers.get_all(&http::header::HOST);
     if let Some(authority) = uri.authority() {
         // HTTP/1.1 needs a Host even with an absolute-form target (RFC 9112 3.2).
@@ -31,7 +36,7 @@ pub fn request_host(uri: &Uri, headers: Fields<'_>, version: Version) -> Result<
         (Some(h), None) => normalize_host(h),
         (Some(_), Some(_)) => Err(HostError::Duplicate),
         (None, _) if version == Version::HTTP_10 || version == Version::HTTP_09 => {
-            Ok(String::new())
+            Ok(Cow::Borrowed(""))
         }
         (None, _) => Err(HostError::Missing),
     }
@@ -61,7 +66,7 @@ fn port_is_numeric(authority: &http::uri::Authority) -> bool {
 /// whole; everything from the first `:` outside brackets (the port) and one
 /// trailing dot removed; lower-cased. Like nginx, a leading dot, `@` or a
 /// non-numeric port are let through.
-pub fn normalize_host(raw: &[u8]) -> Result<String, HostError> {
+pub fn normalize_host(raw: &[u8]) -> Result<Cow<'_, str>, HostError> {
     let mut end = raw.len();
     let mut in_brackets = false;
     let mut prev_dot: Option<usize> = None;
@@ -101,7 +106,11 @@ pub fn normalize_host(raw: &[u8]) -> Result<String, HostError> {
         return Err(HostError::Invalid);
     }
     let text = std::str::from_utf8(host).map_err(|_| HostError::Invalid)?;
-    Ok(text.to_ascii_lowercase())
+    // Most hosts come in lower case: then nothing is copied.
+    Ok(match text.bytes().any(|b| b.is_ascii_uppercase()) {
+        true => Cow::Owned(text.to_ascii_lowercase()),
+        false => Cow::Borrowed(text),
+    })
 }
 
 #[cfg(test)]
@@ -129,12 +138,21 @@ mod tests {
     }
 
     #[test]
+    fn a_host_already_in_lower_case_is_not_copied() {
+        let borrowed = |raw: &[u8]| matches!(normalize_host(raw), Ok(Cow::Borrowed(_)));
+        assert!(borrowed(b"example.com:8080"));
+        assert!(borrowed(b"example.com."));
+        assert!(!borrowed(b"Example.com"));
+        assert_eq!(normalize_host(b"\xc3\x89A.x").unwrap(), "\u{c9}a.x");
+    }
+
+    #[test]
     fn absolute_form_ports() {
         let host = |target: &str| {
             let uri: Uri = target.parse().unwrap();
             let mut headers = http::HeaderMap::new();
             headers.insert(http::header::HOST, "a".parse().unwrap());
-            request_host(&uri, (&headers).into(), Version::HTTP_11)
+            request_host(&uri, (&headers).into(), Version::HTTP_11).map(|h| h.into_owned())
         };
         assert_eq!(host("http://a/p"), Ok("a".into()));
         assert_eq!(host("http://a:8080/p"), Ok("a".into()));

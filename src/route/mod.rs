@@ -14,6 +14,7 @@ use crate::compile::actions::{ProxyPass, RewriteFlag};
 use crate::compile::locations::{CaptureValues, Found, LocationKind};
 use crate::compile::{access_allows, Action, Listener, Location, Server};
 use http::{Method, StatusCode, Uri, Version};
+use std::borrow::Cow;
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::sync::OnceLock;
@@ -122,17 +123,18 @@ pub struct Routed<'c> {
     pub location: Option<&'c Location>,
     pub outcome: Outcome,
     /// What variables read at the end of routing.
-    pub vars: RouteVars,
+    pub vars: RouteVars<'c>,
 }
 
 /// The routing state that variables read: host, current path and arguments,
-/// regex groups.
+/// regex groups. Each is the request's own until a rewrite changes it (or
+/// the host had upper case, or the path something to decode or resolve).
 #[derive(Default)]
-pub struct RouteVars {
-    pub host: String,
+pub struct RouteVars<'r> {
+    pub host: Cow<'r, str>,
     /// `$uri`: normalised, possibly rewritten.
-    pub uri: Vec<u8>,
-    pub args: Vec<u8>,
+    pub uri: Cow<'r, [u8]>,
+    pub args: Cow<'r, [u8]>,
     pub captures: CaptureValues,
     /// A rewrite changed the URI: proxy_pass sends the rewritten one.
     pub rewritten: bool,
@@ -184,7 +186,7 @@ const MAX_REWRITE_CYCLES: usize = 10;
 /// line per decision, for `ginx explain`.
 pub fn route<'c>(
     listener: &'c Listener,
-    req: &RequestInfo<'_>,
+    req: &RequestInfo<'c>,
     trace: Option<&mut Vec<String>>,
 ) -> Routed<'c> {
     let mut trace = Trace(trace);
@@ -218,7 +220,7 @@ pub fn route<'c>(
     let mut vars = RouteVars {
         host,
         captures: found.captures.unwrap_or_default(),
-        args: req.uri.query().unwrap_or("").as_bytes().to_vec(),
+        args: Cow::Borrowed(req.uri.query().unwrap_or("").as_bytes()),
         ..RouteVars::default()
     };
     vars.uri = match path::normalize(req.uri.path().as_bytes()) {
@@ -476,15 +478,15 @@ fn run_rewrites(
         }
         // An internal rewrite: a new path, and new arguments (followed by the
         // old ones) when the replacement wrote some.
-        vars.uri = path;
+        vars.uri = Cow::Owned(path);
         if let Some(mut args) = new_args {
             if !rw.drop_args && !vars.args.is_empty() {
                 args.push(b'&');
                 args.extend_from_slice(&vars.args);
             }
-            vars.args = args;
+            vars.args = Cow::Owned(args);
         } else if rw.drop_args {
-            vars.args.clear();
+            vars.args = Cow::Borrowed(b"");
         }
         vars.rewritten = true;
         changed = true;
@@ -575,4 +577,74 @@ fn absolute_location(req: &RequestInfo<'_>, host: &str, target: &[u8]) -> Vec<u8
     }
     out.extend_from_slice(target);
     out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::route::fields::Fields;
+
+    const CONFIG: &str = r#"
+servers:
+  - listen: ["127.0.0.1:8080"]
+    locations:
+      - location: /
+        proxy_pass: http://127.0.0.1:1
+      - location: /api/
+        proxy_pass: http://127.0.0.1:1/v1/
+      - location: /old/
+        rewrite: ["^/old/(.*)$ /new/$1 break"]
+        proxy_pass: http://127.0.0.1:1
+"#;
+
+    /// A request sent on as it came shares its target with the request (no
+    /// copy); one whose location changes it is built, and both say the
+    /// same bytes as nginx would send.
+    #[test]
+    fn the_upstream_uri_is_the_clients_own_unless_the_location_changes_it() {
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("ginx.yaml");
+        std::fs::write(&file, CONFIG).unwrap();
+        let config = crate::compile::load_and_compile(&file).unwrap();
+        let local: SocketAddr = "127.0.0.1:8080".parse().unwrap();
+        let listener = config.listener_for(local).unwrap();
+        let mut headers = http::HeaderMap::new();
+        headers.insert(http::header::HOST, "Example.COM".parse().unwrap());
+        let upstream_uri = |target: &str| {
+            let uri: Uri = target.parse().unwrap();
+            let info = RequestInfo {
+                method: &Method::GET,
+                uri: &uri,
+                headers: Fields::from(&headers),
+                version: Version::HTTP_11,
+                local,
+                remote: "127.0.0.1:40000".parse().unwrap(),
+                tls: false,
+            };
+            let routed = route(listener, &info, None);
+            assert_eq!(routed.vars.host, "example.com", "the host lower-cased");
+            match routed.outcome {
+                Outcome::Proxy { uri } => uri,
+                other => panic!("{target}: {other:?}"),
+            }
+        };
+        let shared = |u: &UpstreamUri| matches!(u, UpstreamUri::AsSent(_));
+
+        let as_sent = upstream_uri("/a%2Fb/./c?x=1&y");
+        assert!(shared(&as_sent));
+        assert_eq!(as_sent.as_bytes(), b"/a%2Fb/./c?x=1&y");
+        let absolute = upstream_uri("http://example.com?q");
+        assert!(!shared(&absolute), "an empty path is made `/`");
+        assert_eq!(absolute.as_bytes(), b"/?q");
+        let replaced = upstream_uri("/api/users?id=7");
+        assert!(!shared(&replaced));
+        assert_eq!(replaced.as_bytes(), b"/v1/users?id=7");
+        let rewritten = upstream_uri("/old/page?z");
+        assert!(!shared(&rewritten));
+        assert_eq!(rewritten.as_bytes(), b"/new/page?z");
+        assert_eq!(
+            rewritten.to_path_and_query().unwrap().as_str(),
+            "/new/page?z"
+        );
+    }
 }

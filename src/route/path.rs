@@ -3,6 +3,7 @@
 //! escape, or a target that is not a path is a 400.
 
 use percent_encoding::{AsciiSet, CONTROLS};
+use std::borrow::Cow;
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum PathError {
@@ -74,17 +75,17 @@ pub fn resolve_dots(decoded: &[u8]) -> Result<Vec<u8>, PathError> {
 }
 
 /// The routing path of a raw request path: decode, then resolve.
-pub fn normalize(raw_path: &[u8]) -> Result<Vec<u8>, PathError> {
+pub fn normalize(raw_path: &[u8]) -> Result<Cow<'_, [u8]>, PathError> {
     // The target itself must start with `/`: `%2Fa` decodes to a path, but
     // was not one (PathError::Malformed). Found by fuzz/ path_normalize.
     if raw_path.first() != Some(&b'/') {
         return Err(PathError::Malformed);
     }
-    // The common case, a clean path, skips both copies' work.
+    // The common case, a clean path, is the raw one: nothing decoded, copied.
     if !raw_path.contains(&b'%') && is_clean(raw_path) {
-        return Ok(raw_path.to_vec());
+        return Ok(Cow::Borrowed(raw_path));
     }
-    resolve_dots(&percent_decode(raw_path)?)
+    resolve_dots(&percent_decode(raw_path)?).map(Cow::Owned)
 }
 
 /// Starts with `/`, no `//`, no `.` or `..` segment, no NUL.
@@ -131,7 +132,7 @@ mod tests {
     use super::*;
 
     fn n(p: &str) -> Result<String, PathError> {
-        normalize(p.as_bytes()).map(|v| String::from_utf8(v).unwrap())
+        normalize(p.as_bytes()).map(|v| String::from_utf8(v.into_owned()).unwrap())
     }
 
     #[test]
@@ -161,10 +162,17 @@ mod tests {
     }
 
     #[test]
+    fn a_clean_path_is_not_copied() {
+        assert!(matches!(normalize(b"/a/b.c/"), Ok(Cow::Borrowed(_))));
+        assert!(matches!(normalize(b"/a//b"), Ok(Cow::Owned(_))));
+        assert!(matches!(normalize(b"/a%20b"), Ok(Cow::Owned(_))));
+    }
+
+    #[test]
     fn resolving_is_idempotent() {
         for p in ["/a/./b/../c//d/", "/x/..", "//", "/a/%2e/b", "/.%2e/x"] {
             if let Ok(once) = normalize(p.as_bytes()) {
-                assert_eq!(resolve_dots(&once).unwrap(), once, "{p}");
+                assert_eq!(resolve_dots(&once).unwrap(), *once, "{p}");
             }
         }
     }

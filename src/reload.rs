@@ -10,12 +10,16 @@
 //! and key. That is what makes editors' atomic saves (write a temporary file,
 //! rename it over), files deleted and created again, new files in conf.d and
 //! Kubernetes ConfigMap mounts (a `..data` symlink swapped to a new
-//! directory) ordinary events rather than lost ones.
+//! directory) ordinary events rather than lost ones. An event that names
+//! only other plain files in those directories (a log written beside a
+//! certificate) is dropped where the watcher sees it: it neither wakes the
+//! gateway's runtime nor starts a reload ([`Relevant`]).
 
 use crate::compile::{load_and_compile, Config};
 use crate::serve::Shared;
+use arc_swap::ArcSwap;
 use notify::{RecursiveMode, Watcher};
-use std::collections::BTreeSet;
+use std::collections::{BTreeSet, HashSet};
 use std::hash::{Hash, Hasher};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -36,6 +40,8 @@ pub struct ReloadState {
     pub last: Option<Attempt>,
     /// The files of the configuration in force, with a hash of each.
     pub files: Vec<(PathBuf, String)>,
+    /// Reloads that found every file as it was (nothing put in force, nothing counted above).
+    pub unchanged: u64,
     fingerprint: u64,
 }
 
@@ -113,6 +119,11 @@ pub async fn reload(shared: &Arc<Shared>, main: &Path, cause: &str) -> bool {
         == fingerprint(&files);
     if unchanged {
         tracing::debug!(cause, "configuration files unchanged; nothing to reload");
+        shared
+            .reload
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .unchanged += 1;
         return false;
     }
     for w in &config.warnings {
@@ -186,6 +197,58 @@ fn watched_dirs(main: &Path, config: &Config) -> BTreeSet<PathBuf> {
     dirs
 }
 
+/// Which file events are worth a reload: those naming one of the
+/// configuration's files (main, included, certificates, keys), a file an
+/// include pattern matches (a new one in conf.d), or an entry that is not a
+/// plain file (a directory or a symlink: a Kubernetes `..data` swap names
+/// neither the files nor their directory). Anything else in a watched
+/// directory, a log written beside a certificate say, is not looked at
+/// again. An event naming no path (the watcher lost some) counts.
+struct Relevant {
+    files: HashSet<PathBuf>,
+    patterns: Vec<glob::Pattern>,
+}
+
+impl Relevant {
+    fn of(main: &Path, config: &Config) -> Relevant {
+        let mut files: HashSet<PathBuf> = [tidy(&absolute(main))].into();
+        files.extend(config.sources.iter().map(|s| tidy(&s.path)));
+        files.extend(config.data_files.iter().map(|f| tidy(f)));
+        let patterns = config
+            .include_patterns
+            .iter()
+            .filter_map(|p| glob::Pattern::new(&tidy(p).to_string_lossy()).ok())
+            .collect();
+        Relevant { files, patterns }
+    }
+
+    fn concerns(&self, event: &notify::Event) -> bool {
+        is_change(event) && (event.paths.is_empty() || event.paths.iter().any(|p| self.names(p)))
+    }
+
+    fn names(&self, path: &Path) -> bool {
+        // As `glob::glob` matches when it loads the includes: `*` stays
+        // within a directory.
+        let options = glob::MatchOptions {
+            require_literal_separator: true,
+            ..glob::MatchOptions::new()
+        };
+        let path = tidy(path);
+        self.files.contains(&path)
+            || self
+                .patterns
+                .iter()
+                .any(|p| p.matches_path_with(&path, options))
+            || std::fs::symlink_metadata(&path).is_ok_and(|m| !m.is_file())
+    }
+}
+
+/// `a/./b` and `a//b` as `a/b`: the watcher's paths are the watched
+/// directory joined with a name, the configuration's as they were written.
+fn tidy(p: &Path) -> PathBuf {
+    p.components().collect()
+}
+
 fn absolute(p: &Path) -> PathBuf {
     if p.is_absolute() {
         p.to_path_buf()
@@ -203,7 +266,16 @@ pub fn spawn_watcher(
     main: PathBuf,
 ) -> notify::Result<tokio::task::JoinHandle<()>> {
     let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel::<notify::Result<notify::Event>>();
-    let mut watcher = notify::recommended_watcher(move |event| {
+    let relevant = Arc::new(ArcSwap::from_pointee(Relevant::of(
+        &main,
+        &shared.current().config,
+    )));
+    let filter = relevant.clone();
+    let mut watcher = notify::recommended_watcher(move |event: notify::Result<notify::Event>| {
+        // On the watcher's own thread: what is not worth a reload goes no further.
+        if event.as_ref().is_ok_and(|e| !filter.load().concerns(e)) {
+            return;
+        }
         let _ = tx.send(event);
     })?;
     let mut watching = BTreeSet::new();
@@ -214,12 +286,8 @@ pub fn spawn_watcher(
     );
     Ok(tokio::spawn(async move {
         while let Some(first) = rx.recv().await {
-            match &first {
-                // Reading the files (as every reload does) makes access
-                // events: reacting to them would reload forever.
-                Ok(event) if !is_change(event) => continue,
-                Ok(_) => {}
-                Err(e) => tracing::warn!(error = %e, "file watcher error"),
+            if let Err(e) = &first {
+                tracing::warn!(error = %e, "file watcher error");
             }
             // Coalesce the burst a save makes (write, rename, chmod, ...).
             let started = Instant::now();
@@ -229,21 +297,23 @@ pub fn spawn_watcher(
                     break;
                 }
                 match tokio::time::timeout(wait, rx.recv()).await {
-                    Ok(Some(Ok(event))) if !is_change(&event) => continue,
                     Ok(Some(_)) => continue,
                     Ok(None) => return,
                     Err(_) => break,
                 }
             }
             reload(&shared, &main, "file change").await;
-            // The configuration may name new directories (an include, a certificate).
-            let dirs = watched_dirs(&main, &shared.current().config);
-            sync_watches(&mut watcher, &mut watching, dirs);
+            // The configuration may name new files and directories (an
+            // include, a certificate).
+            let current = shared.current();
+            relevant.store(Arc::new(Relevant::of(&main, &current.config)));
+            sync_watches(&mut watcher, &mut watching, watched_dirs(&main, &current.config));
         }
     }))
 }
 
-/// Events that change a file or a directory (not opening or reading one).
+/// Events that change a file or a directory (not opening or reading one:
+/// reading the files, as every reload does, would reload forever).
 fn is_change(event: &notify::Event) -> bool {
     !matches!(event.kind, notify::EventKind::Access(_))
 }

@@ -510,3 +510,46 @@ async fn the_watcher_goes_quiet_after_a_reload() {
         "one bad save, one failure"
     );
 }
+
+/// Writes to other files in the watched directories (a log beside the main
+/// file, a file in conf.d that its pattern does not match) start no reload,
+/// not even one that finds nothing changed; a new file the pattern matches
+/// still does.
+#[tokio::test]
+async fn other_files_in_watched_directories_start_no_reload() {
+    use std::io::Write;
+    let w = conf_d("one").await;
+    let root = w.gw.dir.path().to_path_buf();
+    let shared = w.gw.running.as_ref().unwrap().shared.clone();
+    let counts = || {
+        let s = shared.reload.lock().unwrap();
+        (s.succeeded, s.failed, s.unchanged)
+    };
+    let before = counts();
+    let append = |path: &Path| {
+        std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(path)
+            .unwrap()
+    };
+    let (mut log, mut notes) = (append(&root.join("access.log")), append(&root.join("conf.d/notes.txt")));
+    for i in 0..40 {
+        writeln!(log, "GET / {i}").unwrap();
+        writeln!(notes, "note {i}").unwrap();
+        tokio::time::sleep(Duration::from_millis(15)).await;
+    }
+    drop((log, notes));
+    std::fs::write(root.join("conf.d/site.yaml.bak"), "not yaml: [").unwrap();
+    // Past the quiet period and the longest coalescing: a reload would have run.
+    tokio::time::sleep(ginx::reload::QUIET + Duration::from_millis(1200)).await;
+    assert_eq!(counts(), before, "a reload ran for files that are not the configuration");
+
+    write(&root, "conf.d/more.yaml", "servers: []\n", w.gw.ports[0]);
+    let deadline = Instant::now() + common::IO_LIMIT;
+    while counts().0 == before.0 {
+        assert!(Instant::now() < deadline, "a new file in conf.d did not reload: {:?}", counts());
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    until_answer(&w, "one").await;
+}

@@ -202,6 +202,8 @@ pub struct Config {
     pub upstreams: Vec<Arc<Upstream>>,
     pub sources: Vec<SourceFile>,
     pub include_dirs: Vec<PathBuf>,
+    /// The include patterns with a wildcard (see `Loaded::include_patterns`).
+    pub include_patterns: Vec<PathBuf>,
     pub main_path: Arc<Path>,
     /// Things worth saying that do not stop the configuration (e.g. a server
     /// name given twice on one address).
@@ -229,6 +231,7 @@ impl Config {
             upstreams: Vec::new(),
             sources: Vec::new(),
             include_dirs: Vec::new(),
+            include_patterns: Vec::new(),
             main_path: Arc::from(Path::new("")),
             warnings: Vec::new(),
             data_files: Vec::new(),
@@ -383,6 +386,7 @@ pub fn compile(loaded: Loaded) -> Result<Config, ConfigErrors> {
         upstreams,
         sources: loaded.sources,
         include_dirs: loaded.include_dirs,
+        include_patterns: loaded.include_patterns,
         main_path: loaded.main_path,
         warnings,
         data_files,

@@ -26,6 +26,8 @@ pub struct Loaded {
     pub sources: Vec<SourceFile>,
     /// Directories that include patterns search, so that a watcher sees new files.
     pub include_dirs: Vec<PathBuf>,
+    /// The include patterns with a wildcard, whole: which new files count.
+    pub include_patterns: Vec<PathBuf>,
 }
 
 /// Read and parse the main file and everything it includes.
@@ -42,6 +44,7 @@ pub fn load(main_path: &Path) -> Result<Loaded, ConfigErrors> {
         .unwrap_or_default();
     let mut includes = Vec::new();
     let mut include_dirs = Vec::new();
+    let mut include_patterns = Vec::new();
     let mut seen: Vec<PathBuf> = vec![main_path.to_path_buf()];
     for pattern in main.include.iter().flat_map(|l| l.0.iter()) {
         let origin = Origin::new(&main_path, &pattern.referenced);
@@ -54,6 +57,7 @@ pub fn load(main_path: &Path) -> Result<Loaded, ConfigErrors> {
             }
         };
         if has_glob_chars(&pattern.value) {
+            include_patterns.push(full.clone());
             if let Some(dir) = full.parent() {
                 if !include_dirs.iter().any(|d| d == dir) {
                     include_dirs.push(dir.to_path_buf());
@@ -80,6 +84,7 @@ pub fn load(main_path: &Path) -> Result<Loaded, ConfigErrors> {
         includes,
         sources,
         include_dirs,
+        include_patterns,
     })
 }
 

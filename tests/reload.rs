@@ -533,7 +533,10 @@ async fn other_files_in_watched_directories_start_no_reload() {
             .open(path)
             .unwrap()
     };
-    let (mut log, mut notes) = (append(&root.join("access.log")), append(&root.join("conf.d/notes.txt")));
+    let (mut log, mut notes) = (
+        append(&root.join("access.log")),
+        append(&root.join("conf.d/notes.txt")),
+    );
     for i in 0..40 {
         writeln!(log, "GET / {i}").unwrap();
         writeln!(notes, "note {i}").unwrap();
@@ -543,12 +546,20 @@ async fn other_files_in_watched_directories_start_no_reload() {
     std::fs::write(root.join("conf.d/site.yaml.bak"), "not yaml: [").unwrap();
     // Past the quiet period and the longest coalescing: a reload would have run.
     tokio::time::sleep(ginx::reload::QUIET + Duration::from_millis(1200)).await;
-    assert_eq!(counts(), before, "a reload ran for files that are not the configuration");
+    assert_eq!(
+        counts(),
+        before,
+        "a reload ran for files that are not the configuration"
+    );
 
     write(&root, "conf.d/more.yaml", "servers: []\n", w.gw.ports[0]);
     let deadline = Instant::now() + common::IO_LIMIT;
     while counts().0 == before.0 {
-        assert!(Instant::now() < deadline, "a new file in conf.d did not reload: {:?}", counts());
+        assert!(
+            Instant::now() < deadline,
+            "a new file in conf.d did not reload: {:?}",
+            counts()
+        );
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
     until_answer(&w, "one").await;

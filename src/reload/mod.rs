@@ -17,8 +17,10 @@
 
 use crate::compile::{load_and_compile, Config};
 use crate::serve::Shared;
+mod dirs;
+
 use arc_swap::ArcSwap;
-use notify::{RecursiveMode, Watcher};
+use dirs::{Change, DirWatcher};
 use std::collections::{BTreeSet, HashSet};
 use std::hash::{Hash, Hasher};
 use std::path::{Path, PathBuf};
@@ -222,8 +224,8 @@ impl Relevant {
         Relevant { files, patterns }
     }
 
-    fn concerns(&self, event: &notify::Event) -> bool {
-        is_change(event) && (event.paths.is_empty() || event.paths.iter().any(|p| self.names(p)))
+    fn concerns(&self, change: &Change) -> bool {
+        change.paths.is_empty() || change.paths.iter().any(|p| self.names(p))
     }
 
     fn names(&self, path: &Path) -> bool {
@@ -264,19 +266,17 @@ fn absolute(p: &Path) -> PathBuf {
 pub fn spawn_watcher(
     shared: Arc<Shared>,
     main: PathBuf,
-) -> notify::Result<tokio::task::JoinHandle<()>> {
-    let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel::<notify::Result<notify::Event>>();
+) -> std::io::Result<tokio::task::JoinHandle<()>> {
+    let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel::<Change>();
     let relevant = Arc::new(ArcSwap::from_pointee(Relevant::of(
         &main,
         &shared.current().config,
     )));
     let filter = relevant.clone();
-    let mut watcher = notify::recommended_watcher(move |event: notify::Result<notify::Event>| {
-        // On the watcher's own thread: what is not worth a reload goes no further.
-        if event.as_ref().is_ok_and(|e| !filter.load().concerns(e)) {
-            return;
-        }
-        let _ = tx.send(event);
+    let mut watcher = DirWatcher::new(move |change| {
+        // On the watcher's own thread: what is not worth a reload goes no
+        // further. Once the task is gone, the thread ends.
+        !filter.load().concerns(&change) || tx.send(change).is_ok()
     })?;
     let mut watching = BTreeSet::new();
     sync_watches(
@@ -285,10 +285,7 @@ pub fn spawn_watcher(
         watched_dirs(&main, &shared.current().config),
     );
     Ok(tokio::spawn(async move {
-        while let Some(first) = rx.recv().await {
-            if let Err(e) = &first {
-                tracing::warn!(error = %e, "file watcher error");
-            }
+        while rx.recv().await.is_some() {
             // Coalesce the burst a save makes (write, rename, chmod, ...).
             let started = Instant::now();
             loop {
@@ -307,27 +304,25 @@ pub fn spawn_watcher(
             // include, a certificate).
             let current = shared.current();
             relevant.store(Arc::new(Relevant::of(&main, &current.config)));
-            sync_watches(&mut watcher, &mut watching, watched_dirs(&main, &current.config));
+            sync_watches(
+                &mut watcher,
+                &mut watching,
+                watched_dirs(&main, &current.config),
+            );
         }
     }))
 }
 
-/// Events that change a file or a directory (not opening or reading one:
-/// reading the files, as every reload does, would reload forever).
-fn is_change(event: &notify::Event) -> bool {
-    !matches!(event.kind, notify::EventKind::Access(_))
-}
-
 fn sync_watches(
-    watcher: &mut notify::RecommendedWatcher,
+    watcher: &mut DirWatcher,
     watching: &mut BTreeSet<PathBuf>,
     wanted: BTreeSet<PathBuf>,
 ) {
     for gone in watching.difference(&wanted) {
-        let _ = watcher.unwatch(gone);
+        watcher.unwatch(gone);
     }
     for new in wanted.difference(watching) {
-        if let Err(e) = watcher.watch(new, RecursiveMode::NonRecursive) {
+        if let Err(e) = watcher.watch(new) {
             tracing::warn!(dir = %new.display(), error = %e, "cannot watch this directory for changes");
         }
     }

@@ -186,7 +186,11 @@ pub fn status_json(shared: &Shared) -> serde_json::Value {
         "generation": reload.generation,
         "main": generation.config.main_path.display().to_string(),
         "files": reload.files.iter().map(|(p, h)| serde_json::json!({ "path": p.display().to_string(), "crc32": h })).collect::<Vec<_>>(),
-        "reloads": { "succeeded": reload.succeeded, "failed": reload.failed },
+        "reloads": {
+            "succeeded": reload.succeeded,
+            "failed": reload.failed,
+            "unchanged": reload.unchanged,
+        },
         "last_reload": reload.last.as_ref().map(|a| serde_json::json!({
             "ok": a.ok,
             "at": secs(a.at),

@@ -88,7 +88,8 @@ pub fn load(main_path: &Path) -> Result<Loaded, ConfigErrors> {
     })
 }
 
-fn absolute(path: &Path) -> PathBuf {
+/// `path` from the current directory when it is relative.
+pub fn absolute(path: &Path) -> PathBuf {
     if path.is_absolute() {
         path.to_path_buf()
     } else {

@@ -16,6 +16,7 @@
 //! gateway's runtime nor starts a reload ([`Relevant`]).
 
 use crate::compile::{load_and_compile, Config};
+use crate::config::load::absolute;
 use crate::serve::Shared;
 mod dirs;
 
@@ -141,41 +142,37 @@ pub async fn reload(shared: &Arc<Shared>, main: &Path, cause: &str) -> bool {
         return false;
     }
     record_success(shared);
-    shared
-        .metrics
-        .reloads
-        .get_or_create(&crate::admin::ResultLabels { result: "ok" })
-        .inc();
-    let mut state = shared.reload.lock().unwrap_or_else(|e| e.into_inner());
-    state.succeeded += 1;
-    state.last = Some(Attempt {
-        at: SystemTime::now(),
-        ok: true,
-        error: None,
-        cause: cause.to_string(),
-    });
-    tracing::info!(
-        cause,
-        generation = state.generation,
-        "configuration reloaded"
-    );
+    let generation = note_attempt(shared, cause, None);
+    tracing::info!(cause, generation, "configuration reloaded");
     true
 }
 
 fn note_failure(shared: &Shared, cause: &str, error: String) {
+    note_attempt(shared, cause, Some(error));
+}
+
+/// Count a reload that put a configuration in force (no error) or failed,
+/// and keep it for `/status`. Returns the generation in force.
+fn note_attempt(shared: &Shared, cause: &str, error: Option<String>) -> u64 {
+    let ok = error.is_none();
+    let result = if ok { "ok" } else { "failed" };
     shared
         .metrics
         .reloads
-        .get_or_create(&crate::admin::ResultLabels { result: "failed" })
+        .get_or_create(&crate::admin::ResultLabels { result })
         .inc();
     let mut state = shared.reload.lock().unwrap_or_else(|e| e.into_inner());
-    state.failed += 1;
+    match ok {
+        true => state.succeeded += 1,
+        false => state.failed += 1,
+    }
     state.last = Some(Attempt {
         at: SystemTime::now(),
-        ok: false,
-        error: Some(error),
+        ok,
+        error,
         cause: cause.to_string(),
     });
+    state.generation
 }
 
 /// The directories to watch for a configuration at `main`.
@@ -249,16 +246,6 @@ impl Relevant {
 /// directory joined with a name, the configuration's as they were written.
 fn tidy(p: &Path) -> PathBuf {
     p.components().collect()
-}
-
-fn absolute(p: &Path) -> PathBuf {
-    if p.is_absolute() {
-        p.to_path_buf()
-    } else {
-        std::env::current_dir()
-            .map(|d| d.join(p))
-            .unwrap_or_else(|_| p.to_path_buf())
-    }
 }
 
 /// Watch the configuration's files and reload on change, until the gateway

@@ -735,7 +735,8 @@ enum FieldKind {
     Host,
     Te,
     Expect,
-    /// One of [`HOP_BY_HOP`] other than TE and Transfer-Encoding.
+    Connection,
+    /// One of [`HOP_BY_HOP`] other than Connection, TE and Transfer-Encoding.
     HopByHop,
     XForwardedFor,
     XForwardedProto,
@@ -752,7 +753,8 @@ impl FieldKind {
             4 if is(b"host") => FieldKind::Host,
             6 if is(b"expect") => FieldKind::Expect,
             7 if is(b"trailer") || is(b"upgrade") => FieldKind::HopByHop,
-            10 if is(b"connection") || is(b"keep-alive") => FieldKind::HopByHop,
+            10 if is(b"connection") => FieldKind::Connection,
+            10 if is(b"keep-alive") => FieldKind::HopByHop,
             14 if is(b"content-length") => FieldKind::ContentLength,
             15 if is(b"x-forwarded-for") => FieldKind::XForwardedFor,
             16 if is(b"proxy-connection") => FieldKind::HopByHop,
@@ -767,7 +769,10 @@ impl FieldKind {
     fn hop_by_hop(self) -> bool {
         matches!(
             self,
-            FieldKind::HopByHop | FieldKind::Te | FieldKind::TransferEncoding
+            FieldKind::HopByHop
+                | FieldKind::Connection
+                | FieldKind::Te
+                | FieldKind::TransferEncoding
         )
     }
 }
@@ -799,6 +804,9 @@ fn connection_options(headers: &HeaderMap) -> Vec<HeaderName> {
 /// The one Connection field most requests have is found once, not at each
 /// field asked about, and its tokens are compared as bytes.
 enum ConnectionOptions<'a> {
+    /// The only Connection field holds one token (`close`, `keep-alive`:
+    /// most that have one).
+    Token(&'a [u8]),
     /// The value of the only Connection field (empty without one).
     One(&'a [u8]),
     /// Several Connection fields: each is read.
@@ -806,10 +814,13 @@ enum ConnectionOptions<'a> {
 }
 
 impl<'a> ConnectionOptions<'a> {
-    fn of(headers: Fields<'a>) -> Self {
-        let mut values = headers.get_all(&header::CONNECTION);
-        match (values.next(), values.next()) {
-            (first, None) => ConnectionOptions::One(first.unwrap_or_default()),
+    /// From what a pass over the fields saw: the fields are not searched again.
+    fn seen(seen: &SeenFields<'a>, headers: Fields<'a>) -> Self {
+        match seen.connections {
+            0 | 1 => match seen.connection.unwrap_or_default() {
+                one if !one.contains(&b',') => ConnectionOptions::Token(one.trim_ascii()),
+                list => ConnectionOptions::One(list),
+            },
             _ => ConnectionOptions::Many(headers),
         }
     }
@@ -824,6 +835,7 @@ impl<'a> ConnectionOptions<'a> {
         };
         !is_named(name, b"host")
             && match self {
+                ConnectionOptions::Token(token) => token.eq_ignore_ascii_case(name),
                 ConnectionOptions::One(value) => lists(value),
                 ConnectionOptions::Many(fields) => fields.get_all(&header::CONNECTION).any(lists),
             }
@@ -1002,7 +1014,7 @@ pub fn write_upstream_request(
     let seen = SeenFields::of(client);
     let cleaning = seen.cleaning;
     // Looked up only when a hop-by-hop field is there (Connection is one).
-    let options = cleaning.then(|| ConnectionOptions::of(client));
+    let options = cleaning.then(|| ConnectionOptions::seen(&seen, client));
     let option = |name: &[u8]| options.as_ref().is_some_and(|o| o.names(name));
     let room = seen.room
         + set
@@ -1113,6 +1125,9 @@ struct SeenFields<'a> {
     hosts: usize,
     te: bool,
     forwarded_for: bool,
+    /// The first Connection field's value, and how many there are.
+    connection: Option<&'a [u8]>,
+    connections: usize,
 }
 
 impl<'a> SeenFields<'a> {
@@ -1124,6 +1139,8 @@ impl<'a> SeenFields<'a> {
             hosts: 0,
             te: false,
             forwarded_for: false,
+            connection: None,
+            connections: 0,
         };
         for (name, value) in client.iter() {
             seen.room += name.len() + value.len() + 4;
@@ -1132,6 +1149,10 @@ impl<'a> SeenFields<'a> {
                 seen.hosts += 1;
                 seen.host.get_or_insert(value);
                 continue;
+            }
+            if kind == FieldKind::Connection {
+                seen.connections += 1;
+                seen.connection.get_or_insert(value);
             }
             seen.te |= kind == FieldKind::Te;
             seen.forwarded_for |= kind == FieldKind::XForwardedFor;
@@ -1589,6 +1610,8 @@ mod tests {
             ("HOST", FieldKind::Host),
             ("te", FieldKind::Te),
             ("Expect", FieldKind::Expect),
+            ("CONNECTION", FieldKind::Connection),
+            ("Keep-Alive", FieldKind::HopByHop),
             ("X-Forwarded-For", FieldKind::XForwardedFor),
             ("x-forwarded-proto", FieldKind::XForwardedProto),
             ("X-Forwarded-Host", FieldKind::XForwardedHost),
@@ -1611,7 +1634,8 @@ mod tests {
             for v in values {
                 headers.append(CONNECTION, HeaderValue::from_str(v).unwrap());
             }
-            ConnectionOptions::of((&headers).into()).names(name.as_bytes())
+            let fields: super::Fields = (&headers).into();
+            ConnectionOptions::seen(&super::SeenFields::of(fields), fields).names(name.as_bytes())
         };
         assert!(named(&["close"], "close"));
         assert!(!named(&["close"], "x-secret"));
@@ -1620,6 +1644,10 @@ mod tests {
         assert!(!named(&["host"], "host"), "Host is never dropped");
         assert!(!named(&["Host"], "HOST"), "in any case");
         assert!(named(&["x-a"], "X-A"), "names compared without case");
+        // One token alone (compared whole, trimmed), or no Connection at all.
+        assert!(named(&[" Keep-Alive "], "keep-alive"));
+        assert!(!named(&["close"], "clos") && !named(&["clos"], "close"));
+        assert!(!named(&[], "close"));
         // Tokens over several fields: the last field's are found too.
         let long = ["a, b", "c,d", "e", "close, X-Late"];
         for name in ["a", "d", "e", "close", "x-late"] {

@@ -90,6 +90,8 @@ pub fn record_success(shared: &Shared) {
     shared.metrics.generation.set(state.generation as i64);
     state.fingerprint = fingerprint(&files);
     state.files = files;
+    drop(state);
+    shared.config_changed.notify_one();
 }
 
 /// Load, check and put in force the configuration at `main`; `cause` says
@@ -260,19 +262,29 @@ pub fn spawn_watcher(
         &shared.current().config,
     )));
     let filter = relevant.clone();
-    let mut watcher = DirWatcher::new(move |change| {
+    let watcher = DirWatcher::new(move |change| {
         // On the watcher's own thread: what is not worth a reload goes no
         // further. Once the task is gone, the thread ends.
         !filter.load().concerns(&change) || tx.send(change).is_ok()
     })?;
-    let mut watching = BTreeSet::new();
-    sync_watches(
-        &mut watcher,
-        &mut watching,
-        watched_dirs(&main, &shared.current().config),
-    );
+    let mut watches = Watches {
+        main,
+        relevant,
+        watcher,
+        watching: BTreeSet::new(),
+    };
+    watches.follow(&shared);
     Ok(tokio::spawn(async move {
-        while rx.recv().await.is_some() {
+        loop {
+            tokio::select! {
+                change = rx.recv() => if change.is_none() { return },
+                // A configuration put in force, by the reload below or by
+                // SIGHUP: watch what it names (a new include, a certificate).
+                () = shared.config_changed.notified() => {
+                    watches.follow(&shared);
+                    continue;
+                }
+            }
             // Coalesce the burst a save makes (write, rename, chmod, ...).
             let started = Instant::now();
             loop {
@@ -286,18 +298,30 @@ pub fn spawn_watcher(
                     Err(_) => break,
                 }
             }
-            reload(&shared, &main, "file change").await;
-            // The configuration may name new files and directories (an
-            // include, a certificate).
-            let current = shared.current();
-            relevant.store(Arc::new(Relevant::of(&main, &current.config)));
-            sync_watches(
-                &mut watcher,
-                &mut watching,
-                watched_dirs(&main, &current.config),
-            );
+            reload(&shared, &watches.main, "file change").await;
         }
     }))
+}
+
+/// What the watcher looks at, for the configuration in force.
+struct Watches {
+    main: PathBuf,
+    relevant: Arc<ArcSwap<Relevant>>,
+    watcher: DirWatcher,
+    watching: BTreeSet<PathBuf>,
+}
+
+impl Watches {
+    fn follow(&mut self, shared: &Shared) {
+        let current = shared.current();
+        let (main, config) = (&self.main, &current.config);
+        self.relevant.store(Arc::new(Relevant::of(main, config)));
+        sync_watches(
+            &mut self.watcher,
+            &mut self.watching,
+            watched_dirs(main, config),
+        );
+    }
 }
 
 fn sync_watches(

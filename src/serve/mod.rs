@@ -67,6 +67,9 @@ pub struct Shared {
     listeners: std::sync::Mutex<HashMap<SocketAddr, ListenerHandle>>,
     /// What the last reloads did, for /status and metrics.
     pub reload: std::sync::Mutex<crate::reload::ReloadState>,
+    /// Told of each configuration put in force (by a save or by SIGHUP):
+    /// the file watcher then watches what the new one names.
+    pub config_changed: tokio::sync::Notify,
     pub metrics: crate::admin::Metrics,
     connections: Arc<Semaphore>,
     max_connections: usize,
@@ -273,6 +276,7 @@ pub async fn start(config: Config, prebound: Vec<std::net::TcpListener>) -> io::
         max_connections,
         parking: Arc::new(parking),
         deferred_watches: Arc::new(DeferredWatches::default()),
+        config_changed: tokio::sync::Notify::new(),
     });
     let parking = tokio::spawn(park::run(shared.parking.clone(), waiter, {
         let shared = shared.clone();

@@ -570,13 +570,21 @@ async fn other_files_in_watched_directories_start_no_reload() {
 /// that configuration in force.
 #[tokio::test]
 async fn a_directory_that_a_sighup_reload_names_is_watched() {
-    let gw = common::start(&[("ginx.yaml", MAIN), ("conf.d/site.yaml", &site("one"))], 1).await;
+    let gw = common::start(
+        &[("ginx.yaml", MAIN), ("conf.d/site.yaml", &site("one"))],
+        1,
+    )
+    .await;
     let root = gw.dir.path().to_path_buf();
     // Changed before the watcher starts: only the SIGHUP reload reads them.
     std::fs::create_dir(root.join("more")).unwrap();
     write(&root, "more/site.yaml", &site("two"), gw.ports[0]);
     let main = root.join("ginx.yaml");
-    std::fs::write(&main, "include: [more/*.yaml]\naccess_log: { path: \"off\" }\n").unwrap();
+    std::fs::write(
+        &main,
+        "include: [more/*.yaml]\naccess_log: { path: \"off\" }\n",
+    )
+    .unwrap();
     let shared = gw.running.as_ref().unwrap().shared.clone();
     let w = Watched {
         _watcher: ginx::reload::spawn_watcher(shared.clone(), main.clone()).expect("watcher"),

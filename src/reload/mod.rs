@@ -15,11 +15,11 @@
 //! certificate) is dropped where the watcher sees it: it neither wakes the
 //! gateway's runtime nor starts a reload ([`Relevant`]).
 
+mod dirs;
+
 use crate::compile::{load_and_compile, Config};
 use crate::config::load::absolute;
 use crate::serve::Shared;
-mod dirs;
-
 use arc_swap::ArcSwap;
 use dirs::{Change, DirWatcher};
 use std::collections::{BTreeSet, HashSet};
@@ -202,9 +202,10 @@ fn watched_dirs(main: &Path, config: &Config) -> BTreeSet<PathBuf> {
 /// configuration's files (main, included, certificates, keys), a file an
 /// include pattern matches (a new one in conf.d), or an entry that is not a
 /// plain file (a directory or a symlink: a Kubernetes `..data` swap names
-/// neither the files nor their directory). Anything else in a watched
-/// directory, a log written beside a certificate say, is not looked at
-/// again. An event naming no path (the watcher lost some) counts.
+/// neither the files nor their directory), or a watched directory itself
+/// (removed, moved). Anything else in a watched directory, a log written
+/// beside a certificate say, is not looked at again. An event naming no
+/// path (the watcher lost some) counts.
 struct Relevant {
     files: HashSet<PathBuf>,
     patterns: Vec<glob::Pattern>,
@@ -213,6 +214,7 @@ struct Relevant {
 impl Relevant {
     fn of(main: &Path, config: &Config) -> Relevant {
         let mut files: HashSet<PathBuf> = [tidy(&absolute(main))].into();
+        files.extend(watched_dirs(main, config).iter().map(|d| tidy(d)));
         files.extend(config.sources.iter().map(|s| tidy(&s.path)));
         files.extend(config.data_files.iter().map(|f| tidy(f)));
         let patterns = config
@@ -338,4 +340,48 @@ fn sync_watches(
         }
     }
     *watching = wanted;
+}
+
+#[cfg(all(test, unix))]
+mod tests {
+    use super::*;
+
+    /// What counts, path by path, for a main file including conf.d/*.yaml.
+    #[test]
+    fn the_events_that_count() {
+        let dir = tempfile::tempdir().unwrap();
+        let root = dir.path();
+        std::fs::create_dir(root.join("conf.d")).unwrap();
+        std::fs::write(root.join("ginx.yaml"), "include: [conf.d/*.yaml]\n").unwrap();
+        std::fs::write(root.join("conf.d/a.yaml"), "servers: []\n").unwrap();
+        let main = root.join("ginx.yaml");
+        let config = load_and_compile(&main).unwrap();
+        let relevant = Relevant::of(&main, &config);
+        let counts = |name: &str| relevant.names(&root.join(name));
+
+        std::fs::write(root.join("conf.d/notes.txt"), "x").unwrap();
+        std::fs::write(root.join("access.log"), "x").unwrap();
+        assert!(counts("ginx.yaml") && counts("conf.d/a.yaml"));
+        assert!(
+            counts("conf.d/b.yaml"),
+            "a file the pattern matches, new or gone"
+        );
+        assert!(!counts("conf.d/notes.txt") && !counts("access.log"));
+        assert!(
+            !counts("conf.d/gone.txt"),
+            "gone, and never the configuration's"
+        );
+        assert!(!counts("conf.d/sub/c.yaml"), "`*` stays within conf.d");
+        std::os::unix::fs::symlink("conf.d", root.join("..data")).unwrap();
+        assert!(counts("..data"), "a symlink (a ConfigMap's swap)");
+        std::fs::remove_dir_all(root.join("conf.d")).unwrap();
+        assert!(
+            counts("conf.d"),
+            "a watched directory itself, even once removed"
+        );
+        assert!(
+            relevant.concerns(&Change { paths: Vec::new() }),
+            "lost events"
+        );
+    }
 }

@@ -12,8 +12,8 @@
 use std::path::PathBuf;
 
 /// Entries of the watched directories that may have changed. No path at
-/// all: events were lost (the kernel's queue overflowed), so anything may
-/// have.
+/// all: anything may have (the kernel's queue overflowed, or the platform's
+/// watcher names paths its own way).
 #[derive(Debug)]
 pub struct Change {
     pub paths: Vec<PathBuf>,
@@ -43,7 +43,10 @@ mod linux {
         .union(WatchMask::DELETE_SELF)
         .union(WatchMask::MOVE_SELF);
 
-    type Dirs = Arc<Mutex<HashMap<WatchDescriptor, PathBuf>>>;
+    /// Each watch's directory, under every path it was asked by: a
+    /// directory reached through a symlink too is one watch of the kernel's,
+    /// and its events name it both ways.
+    type Dirs = Arc<Mutex<HashMap<WatchDescriptor, Vec<PathBuf>>>>;
 
     pub struct DirWatcher {
         watches: Watches,
@@ -78,10 +81,13 @@ mod linux {
                                 continue; // a watch removed
                             } else {
                                 let dirs = named.lock().unwrap_or_else(|e| e.into_inner());
-                                let Some(dir) = dirs.get(&event.wd) else {
+                                let Some(paths) = dirs.get(&event.wd) else {
                                     continue;
                                 };
-                                vec![event.name.map_or_else(|| dir.clone(), |n| dir.join(n))]
+                                paths
+                                    .iter()
+                                    .map(|d| event.name.map_or_else(|| d.clone(), |n| d.join(n)))
+                                    .collect()
                             };
                             if !on_change(Change { paths }) {
                                 return;
@@ -94,20 +100,25 @@ mod linux {
 
         pub fn watch(&mut self, dir: &Path) -> io::Result<()> {
             let wd = self.watches.add(dir, SAVES)?;
-            self.dirs
-                .lock()
-                .unwrap_or_else(|e| e.into_inner())
-                .insert(wd, dir.to_path_buf());
+            let mut dirs = self.dirs.lock().unwrap_or_else(|e| e.into_inner());
+            let paths = dirs.entry(wd).or_default();
+            if !paths.iter().any(|d| d == dir) {
+                paths.push(dir.to_path_buf());
+            }
             Ok(())
         }
 
         pub fn unwatch(&mut self, dir: &Path) {
             let mut dirs = self.dirs.lock().unwrap_or_else(|e| e.into_inner());
             let wd = dirs
-                .iter()
-                .find(|(_, d)| *d == dir)
-                .map(|(wd, _)| wd.clone());
-            if let Some(wd) = wd {
+                .iter_mut()
+                .find(|(_, paths)| paths.iter().any(|d| d == dir))
+                .map(|(wd, paths)| {
+                    paths.retain(|d| d != dir);
+                    (wd.clone(), paths.is_empty())
+                });
+            // The kernel's watch goes with the last path it was asked by.
+            if let Some((wd, true)) = wd {
                 dirs.remove(&wd);
                 let _ = self.watches.remove(wd);
             }
@@ -128,13 +139,17 @@ mod portable {
         pub fn new(on_change: impl Fn(Change) -> bool + Send + 'static) -> io::Result<Self> {
             let watcher =
                 notify::recommended_watcher(move |event: notify::Result<notify::Event>| {
-                    let paths = match event {
-                        // Opening or reading a file (as every reload does) is not a change.
-                        Ok(e) if matches!(e.kind, notify::EventKind::Access(_)) => return,
-                        Ok(e) => e.paths,
-                        Err(_) => Vec::new(),
-                    };
-                    on_change(Change { paths });
+                    // Opening or reading a file (as every reload does) is not a change.
+                    if let Ok(e) = &event {
+                        if matches!(e.kind, notify::EventKind::Access(_)) {
+                            return;
+                        }
+                    }
+                    // Any other counts, whatever it names: FSEvents, for one,
+                    // names a directory reached through a symlink by its
+                    // real path (`/private/var` for `/var`), which the
+                    // configuration's paths would not match.
+                    on_change(Change { paths: Vec::new() });
                 })
                 .map_err(io::Error::other)?;
             Ok(DirWatcher(watcher))
@@ -213,5 +228,44 @@ mod tests {
             );
             std::thread::sleep(Duration::from_millis(10));
         }
+    }
+
+    /// A directory watched under two paths (one through a symlink) is one
+    /// watch of the kernel's: its events name both, and unwatching one path
+    /// keeps the other.
+    #[test]
+    fn a_directory_watched_by_two_paths_is_seen_by_both() {
+        let dir = tempfile::tempdir().unwrap();
+        let real = dir.path().join("real");
+        let link = dir.path().join("link");
+        std::fs::create_dir(&real).unwrap();
+        std::os::unix::fs::symlink(&real, &link).unwrap();
+        let seen = Arc::new(Mutex::new(Vec::<PathBuf>::new()));
+        let s = seen.clone();
+        let mut watcher = DirWatcher::new(move |change| {
+            s.lock().unwrap().extend(change.paths);
+            true
+        })
+        .unwrap();
+        watcher.watch(&real).unwrap();
+        watcher.watch(&link).unwrap();
+        let wait_for = |path: PathBuf| {
+            let deadline = Instant::now() + Duration::from_secs(5);
+            while !seen.lock().unwrap().contains(&path) {
+                assert!(
+                    Instant::now() < deadline,
+                    "{path:?} not in {:?}",
+                    seen.lock().unwrap()
+                );
+                std::thread::sleep(Duration::from_millis(10));
+            }
+        };
+        std::fs::write(real.join("ginx.yaml"), "servers: []\n").unwrap();
+        wait_for(real.join("ginx.yaml"));
+        wait_for(link.join("ginx.yaml"));
+        watcher.unwatch(&real);
+        std::fs::write(real.join("other.yaml"), "servers: []\n").unwrap();
+        wait_for(link.join("other.yaml"));
+        assert!(!seen.lock().unwrap().contains(&real.join("other.yaml")));
     }
 }

@@ -201,7 +201,6 @@ pub struct Config {
     pub listeners: Vec<Listener>,
     pub upstreams: Vec<Arc<Upstream>>,
     pub sources: Vec<SourceFile>,
-    pub include_dirs: Vec<PathBuf>,
     /// The include patterns with a wildcard (see `Loaded::include_patterns`).
     pub include_patterns: Vec<PathBuf>,
     pub main_path: Arc<Path>,
@@ -230,7 +229,6 @@ impl Config {
             listeners: Vec::new(),
             upstreams: Vec::new(),
             sources: Vec::new(),
-            include_dirs: Vec::new(),
             include_patterns: Vec::new(),
             main_path: Arc::from(Path::new("")),
             warnings: Vec::new(),
@@ -385,7 +383,6 @@ pub fn compile(loaded: Loaded) -> Result<Config, ConfigErrors> {
         listeners,
         upstreams,
         sources: loaded.sources,
-        include_dirs: loaded.include_dirs,
         include_patterns: loaded.include_patterns,
         main_path: loaded.main_path,
         warnings,

@@ -24,9 +24,8 @@ pub struct Loaded {
     pub includes: Vec<(Arc<Path>, IncludedFile)>,
     /// Every file read, main first, for `ginx -T` and for status.
     pub sources: Vec<SourceFile>,
-    /// Directories that include patterns search, so that a watcher sees new files.
-    pub include_dirs: Vec<PathBuf>,
-    /// The include patterns with a wildcard, whole: which new files count.
+    /// The include patterns with a wildcard, whole: a watcher watches their
+    /// directories, and a new file there that one matches counts.
     pub include_patterns: Vec<PathBuf>,
 }
 
@@ -43,7 +42,6 @@ pub fn load(main_path: &Path) -> Result<Loaded, ConfigErrors> {
         .map(Path::to_path_buf)
         .unwrap_or_default();
     let mut includes = Vec::new();
-    let mut include_dirs = Vec::new();
     let mut include_patterns = Vec::new();
     let mut seen: Vec<PathBuf> = vec![main_path.to_path_buf()];
     for pattern in main.include.iter().flat_map(|l| l.0.iter()) {
@@ -58,11 +56,6 @@ pub fn load(main_path: &Path) -> Result<Loaded, ConfigErrors> {
         };
         if has_glob_chars(&pattern.value) {
             include_patterns.push(full.clone());
-            if let Some(dir) = full.parent() {
-                if !include_dirs.iter().any(|d| d == dir) {
-                    include_dirs.push(dir.to_path_buf());
-                }
-            }
         }
         for file in files {
             if seen.contains(&file) {
@@ -83,7 +76,6 @@ pub fn load(main_path: &Path) -> Result<Loaded, ConfigErrors> {
         main,
         includes,
         sources,
-        include_dirs,
         include_patterns,
     })
 }

@@ -192,8 +192,8 @@ fn watched_dirs(main: &Path, config: &Config) -> BTreeSet<PathBuf> {
     for f in &config.data_files {
         add_parent(f);
     }
-    for d in &config.include_dirs {
-        dirs.insert(d.clone());
+    for pattern in &config.include_patterns {
+        add_parent(pattern);
     }
     dirs
 }
@@ -207,22 +207,23 @@ fn watched_dirs(main: &Path, config: &Config) -> BTreeSet<PathBuf> {
 /// beside a certificate say, is not looked at again. An event naming no
 /// path (the watcher lost some) counts.
 struct Relevant {
-    files: HashSet<PathBuf>,
+    /// The configuration's files and the watched directories.
+    paths: HashSet<PathBuf>,
     patterns: Vec<glob::Pattern>,
 }
 
 impl Relevant {
     fn of(main: &Path, config: &Config) -> Relevant {
-        let mut files: HashSet<PathBuf> = [tidy(&absolute(main))].into();
-        files.extend(watched_dirs(main, config).iter().map(|d| tidy(d)));
-        files.extend(config.sources.iter().map(|s| tidy(&s.path)));
-        files.extend(config.data_files.iter().map(|f| tidy(f)));
+        let mut paths: HashSet<PathBuf> = [tidy(&absolute(main))].into();
+        paths.extend(watched_dirs(main, config).iter().map(|d| tidy(d)));
+        paths.extend(config.sources.iter().map(|s| tidy(&s.path)));
+        paths.extend(config.data_files.iter().map(|f| tidy(f)));
         let patterns = config
             .include_patterns
             .iter()
             .filter_map(|p| glob::Pattern::new(&tidy(p).to_string_lossy()).ok())
             .collect();
-        Relevant { files, patterns }
+        Relevant { paths, patterns }
     }
 
     fn concerns(&self, change: &Change) -> bool {
@@ -237,7 +238,7 @@ impl Relevant {
             ..glob::MatchOptions::new()
         };
         let path = tidy(path);
-        self.files.contains(&path)
+        self.paths.contains(&path)
             || self
                 .patterns
                 .iter()
